@@ -1,0 +1,15 @@
+"""bnjax: batch normalization for JAX (Ioffe & Szegedy, 2015).
+
+Public API:
+  init, batch_norm: the functional core.
+  BatchNormParams, BatchNormState: its parameter and statistics containers.
+"""
+
+from ._core import batch_norm as batch_norm
+from ._core import init as init
+from ._types import BatchNormParams as BatchNormParams
+from ._types import BatchNormState as BatchNormState
+
+__version__ = "0.1.0"
+
+__all__ = ["BatchNormParams", "BatchNormState", "batch_norm", "init"]

@@ -1,0 +1,178 @@
+"""The functional API: ``init`` and ``batch_norm``."""
+
+from typing import Optional, Sequence, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+
+from . import _checks, _validate
+from ._running import update_running_stats
+from ._stats import accumulation_dtype
+from ._transform import normalize_eval, normalize_train
+from ._types import BatchNormParams, BatchNormState
+
+
+def init(
+    num_features: Union[int, Sequence[int]],
+    *,
+    dtype=jnp.float32,
+    use_scale: bool = True,
+    use_bias: bool = True,
+) -> Tuple[BatchNormParams, BatchNormState]:
+    """Creates batch-norm parameters and running statistics.
+
+    Args:
+      num_features: the size of the feature axis, or a tuple of sizes for
+        several feature axes (``axis=(1, 2)`` in ``batch_norm``).
+      dtype: floating dtype of the parameters and statistics.
+      use_scale: whether to learn a scale γ (initialized to ones); when False
+        ``params.scale`` is None and γ = 1.
+      use_bias: whether to learn a bias β (initialized to zeros); when False
+        ``params.bias`` is None and β = 0.
+
+    Returns:
+      ``(params, state)``: ``BatchNormParams(scale, bias)`` and
+      ``BatchNormState(mean=zeros, var=ones, count=0)``.
+
+    Examples:
+      >>> import bnjax
+      >>> params, state = bnjax.init(3)
+      >>> params.scale, params.bias
+      (Array([1., 1., 1.], dtype=float32), Array([0., 0., 0.], dtype=float32))
+      >>> state.count
+      Array(0, dtype=int32)
+    """
+    shape = (num_features,) if isinstance(num_features, int) else tuple(num_features)
+    if not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ValueError(
+            f"num_features must be a non-negative int or a tuple of them, got {num_features!r}"
+        )
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}")
+    params = BatchNormParams(
+        scale=jnp.ones(shape, dtype) if use_scale else None,
+        bias=jnp.zeros(shape, dtype) if use_bias else None,
+    )
+    state = BatchNormState(
+        mean=jnp.zeros(shape, dtype), var=jnp.ones(shape, dtype), count=jnp.zeros((), jnp.int32)
+    )
+    return params, state
+
+
+def _per_feature(value: Optional[jax.Array], fill: float, layout, dtype) -> jax.Array:
+    """A parameter or statistic reshaped to broadcast against x, in ``dtype``."""
+    if value is None:
+        return jnp.full((), fill, dtype)
+    return value.astype(dtype).reshape(layout.broadcast_shape)
+
+
+def batch_norm(
+    x: jax.Array,
+    params: BatchNormParams,
+    state: BatchNormState,
+    train: bool,
+    *,
+    axis: Union[int, Sequence[int]] = -1,
+    momentum: Optional[float] = 0.99,
+    epsilon: float = 1e-5,
+    unbiased: bool = False,
+    mask: Optional[jax.Array] = None,
+    axis_name=None,
+    axis_index_groups=None,
+    check_values: bool = False,
+) -> Tuple[jax.Array, BatchNormState]:
+    """Batch normalization (Ioffe & Szegedy, 2015), as a pure function.
+
+    For each feature, with μ and σ² the mean and biased variance over all
+    non-feature axes, ``y = γ·(x − μ)/√(σ² + ε) + β``. Training uses the
+    batch's statistics and returns updated running statistics; inference uses
+    ``state``'s and returns it unchanged.
+
+    Statistics are accumulated in float32 (float64 for float64 input) with a
+    shifted one-pass method that stays exact when |mean| ≫ std; the output has
+    ``x``'s dtype. The gradient keeps only x and per-feature vectors from the
+    forward pass, and forward mode (``jax.jvp``, ``jax.jacfwd``,
+    ``jax.hessian``) works.
+
+    A training batch whose statistics are not finite (NaN/Inf in x) or that has
+    no valid element leaves the running statistics unchanged; the output still
+    shows the NaN. ``check_values=True`` turns such conditions into errors.
+
+    Args:
+      x: floating-point input with at least one dimension.
+      params: ``BatchNormParams`` from ``init``; a None field means γ = 1 or
+        β = 0.
+      state: ``BatchNormState`` from ``init`` or a previous call.
+      train: static Python bool; True normalizes with batch statistics, False
+        with ``state``.
+      axis: the feature axis or axes, kept; statistics reduce over all others
+        (-1 for NHWC and dense, 1 for NCHW).
+      momentum: Flax's convention, ``new = momentum·old + (1−momentum)·batch``;
+        None keeps the exact cumulative average over all batches seen.
+      epsilon: added to the variance, >= 0.
+      unbiased: if True, the running variance receives m/(m−1)·σ²_B (m the
+        number of elements that entered the statistics), as in the paper's
+        Alg. 2 and PyTorch. Normalization always uses the biased σ²_B.
+      mask: optional boolean array broadcastable to ``x``; only True positions
+        enter the statistics. Every position is normalized.
+      axis_name: compute the statistics across this mapped axis (``pmap``,
+        ``shard_map``, ``vmap``).
+      axis_index_groups: groups of indices along ``axis_name`` that share
+        statistics.
+      check_values: if True, assert (with ``jax.experimental.checkify``) that
+        x, the batch statistics and the running statistics are finite and the
+        running variance is >= 0, naming the offending feature. The function
+        must then run under ``checkify.checkify`` or ``chex.chexify``.
+
+    Returns:
+      ``(y, new_state)``: ``y`` with ``x``'s shape and dtype; ``new_state``
+      updated in training, ``state`` itself in inference.
+
+    Raises:
+      TypeError: non-floating x, a mask that is not boolean, a ``train`` that
+        is not a static Python bool, params/state of the wrong type.
+      ValueError: scalar x, ``axis`` out of range, params/state that do not
+        match x's features, a mask that does not broadcast, an empty training
+        batch, momentum outside [0, 1], negative epsilon.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, bnjax
+      >>> x = jnp.array([[1.0, 10.0], [3.0, 30.0]])
+      >>> params, state = bnjax.init(2)
+      >>> y, state = bnjax.batch_norm(x, params, state, train=True)
+      >>> y.round(3)
+      Array([[-1., -1.],
+             [ 1.,  1.]], dtype=float32)
+      >>> round(float(state.mean[1]), 6)  # 0.99 * 0 + 0.01 * batch mean 20
+      0.2
+      >>> int(state.count)
+      1
+      >>> y, _ = bnjax.batch_norm(x, params, state, train=False)
+      >>> y.shape
+      (2, 2)
+    """
+    train = _validate.check_train(train)
+    _validate.check_config(momentum, epsilon, unbiased, axis_name, axis_index_groups)
+    x = _validate.check_input(x)
+    layout = _validate.layout_of(x, axis, train)
+    _validate.check_params_and_state(params, state, layout)
+    mask = _validate.check_mask(mask, x)
+
+    acc = accumulation_dtype(x.dtype)
+    scale = _per_feature(params.scale, 1.0, layout, acc)
+    bias = _per_feature(params.bias, 0.0, layout, acc)
+    if check_values:
+        _checks.check_input_values(x, layout.reduce_axes)
+        _checks.check_running_stats(state.mean, state.var)
+    if not train:
+        mean = _per_feature(state.mean, 0.0, layout, acc)
+        var = _per_feature(state.var, 1.0, layout, acc)
+        return normalize_eval(x, scale, bias, mean, var, epsilon), state
+
+    y, moments = normalize_train(
+        x, scale, bias, mask, layout.reduce_axes, epsilon, axis_name, axis_index_groups
+    )
+    if check_values:
+        _checks.check_batch_stats(moments.mean, moments.var)
+    new_state = update_running_stats(state, moments, layout.feature_shape, momentum, unbiased)
+    return y, new_state

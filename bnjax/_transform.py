@@ -1,0 +1,118 @@
+"""The normalize-scale-shift transform and its differentiation rule.
+
+Training mode is a ``jax.custom_jvp`` whose tangent is linear in
+(dx, dγ, dβ) and touches x only through products with per-feature vectors,
+computed inside ``jax.checkpoint`` so that the full-size ``x − μ`` is
+recomputed rather than stored. JAX's transposition of that tangent is the
+optimal backward, dx = a·dy + (x−μ)·k₁ + k₀ with per-feature a, k₁, k₀ from
+two fused reductions (Σdy, Σdy·(x−μ)); the residuals are x and per-feature
+vectors only. Forward mode and higher-order derivatives keep working because
+the rule is an ordinary differentiable JAX function.
+"""
+
+import functools
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._stats import Moments, accumulation_dtype, batch_moments, global_sum, masked_sum, safe_count
+
+
+@jax.checkpoint
+def centered_product(x: jax.Array, mean: jax.Array, factor: jax.Array) -> jax.Array:
+    """(x − mean)·factor in the dtype of ``mean``, recomputed (not stored) for gradients."""
+    return (x.astype(mean.dtype) - mean) * factor
+
+
+@functools.partial(jax.checkpoint, static_argnums=(4,))
+def _tangent_sums(
+    dx: jax.Array,
+    x: jax.Array,
+    mean: jax.Array,
+    mask: Optional[jax.Array],
+    reduce_axes: Tuple[int, ...],
+) -> jax.Array:
+    """Stacked [Σdx, Σdx·(x−μ)] over the valid elements, recomputing x − μ."""
+    centered = x.astype(mean.dtype) - mean
+    return jnp.stack(
+        [masked_sum(dx, mask, reduce_axes), masked_sum(dx * centered, mask, reduce_axes)]
+    )
+
+
+def normalize_eval(
+    x: jax.Array, scale: jax.Array, bias: jax.Array, mean: jax.Array, var: jax.Array, epsilon: float
+) -> jax.Array:
+    """y = (x − mean)·scale/√(var + ε) + bias with given (population) statistics.
+
+    All per-feature arguments are broadcastable to ``x`` and already in the
+    accumulation dtype; the result has ``x``'s dtype.
+    """
+    weight = scale * lax.rsqrt(var + epsilon)
+    return (centered_product(x, mean, weight) + bias).astype(x.dtype)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7))
+def normalize_train(
+    x: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    mask: Optional[jax.Array],
+    reduce_axes: Tuple[int, ...],
+    epsilon: float,
+    axis_name=None,
+    axis_index_groups=None,
+) -> Tuple[jax.Array, Moments]:
+    """Normalizes ``x`` with its own batch statistics.
+
+    Args:
+      x: input, any floating dtype.
+      scale: γ, broadcastable to ``x``, in the accumulation dtype.
+      bias: β, broadcastable to ``x``, in the accumulation dtype.
+      mask: optional bool array of ``x``'s rank; only True positions enter
+        the statistics (every position is normalized).
+      reduce_axes: axes the statistics reduce over.
+      epsilon: added to the variance.
+      axis_name: optional mapped axis to compute the statistics across.
+      axis_index_groups: optional device groups along ``axis_name``.
+
+    Returns:
+      ``(y, moments)``: the output in ``x``'s dtype and the batch ``Moments``
+      (count, mean, biased variance), keepdims-shaped.
+    """
+    moments = batch_moments(x, mask, reduce_axes, axis_name, axis_index_groups)
+    # The barrier keeps XLA from sharing x − μ between the variance reduction and
+    # the output, which would write it to memory instead of fusing it into both.
+    mean = lax.optimization_barrier(moments.mean)
+    y = normalize_eval(x, scale, bias, mean, moments.var, epsilon)
+    return y, moments
+
+
+@normalize_train.defjvp
+def _normalize_train_jvp(reduce_axes, epsilon, axis_name, axis_index_groups, primals, tangents):
+    x, scale, bias, mask = primals
+    dx, dscale, dbias, _ = tangents
+    y, moments = normalize_train(
+        x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_index_groups
+    )
+    acc = accumulation_dtype(x.dtype)
+    count = safe_count(moments.count)
+    inv_std = lax.rsqrt(moments.var + epsilon)
+    sums = global_sum(
+        _tangent_sums(dx.astype(acc), x, moments.mean, mask, reduce_axes),
+        axis_name,
+        axis_index_groups,
+    )
+    dmean = sums[0] / count
+    half_dvar = sums[1] / count  # mean of dx·(x − μ) = dσ²/2
+    dinv_std = -jnp.square(inv_std) * inv_std * half_dvar
+    weight = scale * inv_std
+    # Grouped so that the transpose needs exactly two reductions, Σdy and Σdy·(x − μ).
+    dy = (
+        weight * dx.astype(acc)
+        + centered_product(x, moments.mean, scale * dinv_std + dscale * inv_std)
+        + (dbias - weight * dmean)
+    )
+    dmoments = Moments(jnp.zeros_like(moments.count), dmean, 2 * half_dvar)
+    return (y, moments), (dy.astype(y.dtype), dmoments)

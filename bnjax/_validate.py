@@ -1,0 +1,186 @@
+"""Argument checks for ``batch_norm``: plain Python and trace-time chex checks.
+
+Everything here runs while JAX traces, on static shapes and dtypes only, so it
+costs nothing inside a compiled function. Each error names the argument, what
+was expected and what came.
+"""
+
+import numbers
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._types import BatchNormParams, BatchNormState
+
+Axis = Union[int, Sequence[int]]
+
+
+class Layout(NamedTuple):
+    """How the axes of ``x`` split into kept features and reduced batch axes."""
+
+    feature_axes: Tuple[int, ...]
+    reduce_axes: Tuple[int, ...]
+    feature_shape: Tuple[int, ...]
+    broadcast_shape: Tuple[int, ...]  # feature sizes on feature axes, 1 elsewhere
+
+
+def check_config(
+    momentum: Optional[float], epsilon: float, unbiased: bool, axis_name, axis_index_groups
+) -> None:
+    """Checks the hyperparameters that do not depend on the input."""
+    if momentum is not None:
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+            raise TypeError(
+                f"momentum must be a Python float in [0, 1] or None, got {momentum!r} "
+                f"of type {type(momentum).__name__}"
+            )
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1] (or None), got {momentum=}")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
+        raise TypeError(
+            f"epsilon must be a non-negative Python float, got {epsilon!r} "
+            f"of type {type(epsilon).__name__}"
+        )
+    if not (np.isfinite(epsilon) and epsilon >= 0.0):
+        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon=}")
+    if not isinstance(unbiased, (bool, np.bool_)):
+        raise TypeError(f"unbiased must be a Python bool, got {unbiased!r}")
+    if axis_index_groups is not None and axis_name is None:
+        raise ValueError(
+            "axis_index_groups needs axis_name: got axis_index_groups="
+            f"{axis_index_groups!r} with axis_name=None"
+        )
+
+
+def check_train(train) -> bool:
+    """Returns ``train`` as a bool, or raises if it is not a static Python bool."""
+    if isinstance(train, (bool, np.bool_)):
+        return bool(train)
+    if isinstance(train, jax.core.Tracer):
+        raise TypeError(
+            "train must be a static Python bool, got a traced value "
+            f"({train.aval}); pass it as a static argument, e.g. "
+            "jax.jit(f, static_argnames='train'), or branch in Python"
+        )
+    raise TypeError(
+        f"train must be a static Python bool (True or False), got {train!r} "
+        f"of type {type(train).__name__}"
+    )
+
+
+def check_input(x) -> jax.Array:
+    """Checks that ``x`` is a floating-point array with at least one dimension."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"x must be a floating-point array, got dtype {x.dtype}; "
+            "cast it first, e.g. x.astype(jnp.float32)"
+        )
+    if x.ndim == 0:
+        raise ValueError(
+            "x must have at least one dimension (a feature axis), got a scalar "
+            f"with shape {x.shape}"
+        )
+    return x
+
+
+def canonical_axes(axis: Axis, ndim: int, shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """Returns sorted non-negative feature axes, or raises for a bad ``axis``."""
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    result = []
+    for a in axes:
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
+            raise TypeError(f"axis must be an int or a tuple of ints, got {axis!r}")
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"axis={axis!r} is out of range for x with {ndim} dimension(s) "
+                f"(shape {shape}); valid axes are {-ndim}..{ndim - 1}"
+            )
+        result.append(int(a) % ndim)
+    if len(set(result)) != len(result):
+        raise ValueError(f"axis={axis!r} names the same dimension twice (shape {shape})")
+    return tuple(sorted(result))
+
+
+def layout_of(x: jax.Array, axis: Axis, train: bool) -> Layout:
+    """Splits the axes of ``x`` and checks that training has a non-empty batch."""
+    feature_axes = canonical_axes(axis, x.ndim, x.shape)
+    reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
+    feature_shape = tuple(x.shape[a] for a in feature_axes)
+    broadcast_shape = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
+    batch_size = int(np.prod([x.shape[a] for a in reduce_axes], dtype=np.int64))
+    if train and batch_size == 0:
+        raise ValueError(
+            "training needs a non-empty batch: x with shape "
+            f"{x.shape} has 0 elements per feature along the reduced axes {reduce_axes}"
+        )
+    return Layout(feature_axes, reduce_axes, feature_shape, broadcast_shape)
+
+
+def check_vector(value, name: str, layout: Layout) -> None:
+    """Checks a per-feature vector against the feature shape of ``x``."""
+    if value is None:
+        return
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise TypeError(f"{name} must be an array, got {type(value).__name__}")
+    chex.assert_shape(
+        value,
+        layout.feature_shape,
+        exception_type=ValueError,
+        custom_message=(
+            f"{name} must have the feature shape of x, {layout.feature_shape} "
+            f"(x.shape at axes {layout.feature_axes}), got {tuple(value.shape)}; "
+            "was the layer initialized for another number of features or axis?"
+        ),
+    )
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"{name} must be floating point, got dtype {value.dtype}")
+
+
+def check_params_and_state(params, state, layout: Layout) -> None:
+    """Checks that params and state are bnjax containers matching ``x``'s features."""
+    if not isinstance(params, BatchNormParams):
+        raise TypeError(
+            "params must be a bnjax.BatchNormParams (from bnjax.init), got "
+            f"{type(params).__name__}"
+        )
+    if not isinstance(state, BatchNormState):
+        raise TypeError(
+            "state must be a bnjax.BatchNormState (from bnjax.init), got "
+            f"{type(state).__name__}"
+        )
+    check_vector(params.scale, "params.scale", layout)
+    check_vector(params.bias, "params.bias", layout)
+    check_vector(state.mean, "state.mean", layout)
+    check_vector(state.var, "state.var", layout)
+    chex.assert_shape(
+        state.count,
+        (),
+        exception_type=ValueError,
+        custom_message=f"state.count must be a scalar, got shape {jnp.shape(state.count)}",
+    )
+
+
+def check_mask(mask, x: jax.Array) -> Optional[jax.Array]:
+    """Checks a mask and returns it as a bool array of rank ``x.ndim``."""
+    if mask is None:
+        return None
+    mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_:
+        raise TypeError(
+            f"mask must be a boolean array, got dtype {mask.dtype}; "
+            "use e.g. mask=(lengths[:, None] > jnp.arange(T))"
+        )
+    try:
+        broadcast = jnp.broadcast_shapes(mask.shape, x.shape)
+    except ValueError:
+        broadcast = None
+    if broadcast != tuple(x.shape):
+        raise ValueError(
+            f"mask with shape {mask.shape} does not broadcast to x with shape {x.shape}; "
+            "it needs the same rank (or fewer leading axes) with sizes equal to x's or 1"
+        )
+    return mask.reshape((1,) * (x.ndim - mask.ndim) + mask.shape)
