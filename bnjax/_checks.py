@@ -24,7 +24,7 @@ def _check_features(bad: jax.Array, message: str) -> None:
 
 
 def check_input_values(x: jax.Array, reduce_axes: Tuple[int, ...]) -> None:
-    """x must be finite everywhere."""
+    """X must be finite everywhere."""
     _check_features(~jnp.all(jnp.isfinite(x), axis=reduce_axes), "bnjax: x has NaN/Inf values")
 
 

@@ -41,6 +41,7 @@ def init(
       (Array([1., 1., 1.], dtype=float32), Array([0., 0., 0.], dtype=float32))
       >>> state.count
       Array(0, dtype=int32)
+
     """
     shape = (num_features,) if isinstance(num_features, int) else tuple(num_features)
     if not all(isinstance(n, int) and n >= 0 for n in shape):
@@ -150,6 +151,7 @@ def batch_norm(
       >>> y, _ = bnjax.batch_norm(x, params, state, train=False)
       >>> y.shape
       (2, 2)
+
     """
     train = _validate.check_train(train)
     _validate.check_config(momentum, epsilon, unbiased, axis_name, axis_index_groups)

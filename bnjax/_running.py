@@ -2,7 +2,6 @@
 
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 
 from ._stats import Moments
@@ -37,6 +36,7 @@ def update_running_stats(
 
     Returns:
       The new ``BatchNormState``.
+
     """
     dtype = state.mean.dtype
     count = jnp.broadcast_to(batch.count, batch.mean.shape).reshape(feature_shape)

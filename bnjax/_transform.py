@@ -44,7 +44,7 @@ def _tangent_sums(
 def normalize_eval(
     x: jax.Array, scale: jax.Array, bias: jax.Array, mean: jax.Array, var: jax.Array, epsilon: float
 ) -> jax.Array:
-    """y = (x − mean)·scale/√(var + ε) + bias with given (population) statistics.
+    """Y = (x − mean)·scale/√(var + ε) + bias with given (population) statistics.
 
     All per-feature arguments are broadcastable to ``x`` and already in the
     accumulation dtype; the result has ``x``'s dtype.
@@ -80,6 +80,7 @@ def normalize_train(
     Returns:
       ``(y, moments)``: the output in ``x``'s dtype and the batch ``Moments``
       (count, mean, biased variance), keepdims-shaped.
+
     """
     moments = batch_moments(x, mask, reduce_axes, axis_name, axis_index_groups)
     # The barrier keeps XLA from sharing x − μ between the variance reduction and

@@ -13,6 +13,7 @@ class BatchNormParams(NamedTuple):
         layer has no scale (γ = 1).
       bias: β, shaped like the feature axes of the input, or ``None`` when the
         layer has no bias (β = 0).
+
     """
 
     scale: Optional[jax.Array]
@@ -28,6 +29,7 @@ class BatchNormState(NamedTuple):
       count: int32 scalar, the number of training batches folded into the
         statistics so far (used by ``momentum=None``, the exact cumulative
         average).
+
     """
 
     mean: jax.Array

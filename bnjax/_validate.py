@@ -144,13 +144,11 @@ def check_params_and_state(params, state, layout: Layout) -> None:
     """Checks that params and state are bnjax containers matching ``x``'s features."""
     if not isinstance(params, BatchNormParams):
         raise TypeError(
-            "params must be a bnjax.BatchNormParams (from bnjax.init), got "
-            f"{type(params).__name__}"
+            f"params must be a bnjax.BatchNormParams (from bnjax.init), got {type(params).__name__}"
         )
     if not isinstance(state, BatchNormState):
         raise TypeError(
-            "state must be a bnjax.BatchNormState (from bnjax.init), got "
-            f"{type(state).__name__}"
+            f"state must be a bnjax.BatchNormState (from bnjax.init), got {type(state).__name__}"
         )
     check_vector(params.scale, "params.scale", layout)
     check_vector(params.bias, "params.bias", layout)

@@ -21,7 +21,6 @@ from typing import Callable, Dict, List
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import _core
 

@@ -9,7 +9,13 @@ import bnjax
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 STATIC = (
-    "train", "axis", "momentum", "epsilon", "unbiased", "axis_name", "axis_index_groups",
+    "train",
+    "axis",
+    "momentum",
+    "epsilon",
+    "unbiased",
+    "axis_name",
+    "axis_index_groups",
     "check_values",
 )
 

@@ -36,8 +36,19 @@ def normalize(x, mean, var, scale, bias, epsilon):
 
 
 def reference(
-    x, scale, bias, run_mean, run_var, train, *, axis=-1, momentum=0.99, epsilon=1e-5,
-    unbiased=False, mask=None, seen=0,
+    x,
+    scale,
+    bias,
+    run_mean,
+    run_var,
+    train,
+    *,
+    axis=-1,
+    momentum=0.99,
+    epsilon=1e-5,
+    unbiased=False,
+    mask=None,
+    seen=0,
 ):
     """One batch-norm call in float64.
 
@@ -46,7 +57,12 @@ def reference(
     """
     x = np.asarray(x, np.float64)
     _, _, bshape = _axes(x.ndim, axis)
-    as_b = lambda v, fill: np.full(bshape(x), fill) if v is None else np.asarray(v, np.float64).reshape(bshape(x))  # noqa: E731
+
+    def as_b(v, fill):
+        if v is None:
+            return np.full(bshape(x), fill)
+        return np.asarray(v, np.float64).reshape(bshape(x))
+
     scale, bias = as_b(scale, 1.0), as_b(bias, 0.0)
     rm, rv = as_b(run_mean, 0.0), as_b(run_var, 1.0)
     if not train:
@@ -73,7 +89,9 @@ def train_gradients(x, scale, cotangent, *, axis=-1, epsilon=1e-5, mask=None):
     x = np.asarray(x, np.float64)
     g = np.asarray(cotangent, np.float64)
     _, reduce, bshape = _axes(x.ndim, axis)
-    scale = np.ones(bshape(x)) if scale is None else np.asarray(scale, np.float64).reshape(bshape(x))
+    scale = (
+        np.ones(bshape(x)) if scale is None else np.asarray(scale, np.float64).reshape(bshape(x))
+    )
     count, mean, var = batch_stats(x, axis, mask)
     inv = 1 / np.sqrt(var + epsilon)
     xhat = (x - mean) * inv

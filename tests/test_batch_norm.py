@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import jit_batch_norm, random_array, random_params
+from oracle import batch_stats, reference
 
 import bnjax
-from oracle import batch_stats, reference
 
 LAYOUTS = [
     pytest.param((8, 5), -1, id="dense"),
@@ -26,7 +26,9 @@ def feature_shape(shape, axis):
 
 def check_against_oracle(bn, x, params, state, train, atol=2e-5, **kwargs):
     y, new_state = bn(x, params, state, train, **kwargs)
-    kw = {k: v for k, v in kwargs.items() if k in ("axis", "momentum", "epsilon", "unbiased", "mask")}
+    kw = {
+        k: v for k, v in kwargs.items() if k in ("axis", "momentum", "epsilon", "unbiased", "mask")
+    }
     y_ref, mean_ref, var_ref = reference(
         x, params.scale, params.bias, state.mean, state.var, train, seen=int(state.count), **kw
     )
@@ -77,8 +79,11 @@ def test_eval_returns_state_unchanged():
 
 @pytest.mark.parametrize(
     "mask_shape",
-    [pytest.param((6, 5, 1), id="per-token"), pytest.param((1, 5, 3), id="per-position-feature"),
-     pytest.param((5, 3), id="lower-rank")],
+    [
+        pytest.param((6, 5, 1), id="per-token"),
+        pytest.param((1, 5, 3), id="per-position-feature"),
+        pytest.param((5, 3), id="lower-rank"),
+    ],
 )
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_mask_counts_only_valid_elements(bn, mask_shape, unbiased):
@@ -129,8 +134,10 @@ def test_running_statistics_in_closed_form_over_several_steps(momentum):
     else:  # m^k·init + Σ_i (1 − m)·m^(k−1−i)·batch_i
         k = len(batches)
         weights = [(1 - momentum) * momentum ** (k - 1 - i) for i in range(k)]
-        expected_mean = momentum**k * 0.0 + sum(w * m for w, m in zip(weights, means))
-        expected_var = momentum**k * 1.0 + sum(w * v for w, v in zip(weights, variances))
+        expected_mean = momentum**k * 0.0 + sum(w * m for w, m in zip(weights, means, strict=True))
+        expected_var = momentum**k * 1.0 + sum(
+            w * v for w, v in zip(weights, variances, strict=True)
+        )
     np.testing.assert_allclose(state.mean, expected_mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(state.var, expected_var, rtol=1e-5, atol=1e-6)
     assert int(state.count) == 4
@@ -155,8 +162,9 @@ def test_low_precision_in_low_precision_out(dtype):
     params, state = random_params(4)
     y, new_state = jit_batch_norm(x, params, state, True)
     assert y.dtype == dtype and new_state.mean.dtype == jnp.float32
-    y_ref, mean_ref, _ = reference(np.asarray(x, np.float64), params.scale, params.bias,
-                                   state.mean, state.var, True)
+    y_ref, mean_ref, _ = reference(
+        np.asarray(x, np.float64), params.scale, params.bias, state.mean, state.var, True
+    )
     tol = 3e-2 if dtype == jnp.bfloat16 else 4e-3
     np.testing.assert_allclose(np.asarray(y, np.float64), y_ref, atol=tol, rtol=tol)
     np.testing.assert_allclose(new_state.mean, mean_ref.ravel(), atol=1e-6, rtol=1e-6)

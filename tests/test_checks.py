@@ -33,9 +33,11 @@ def test_non_finite_input_names_the_feature():
     x[1, 4] = np.inf
     params, state = random_params(5)
     err, _ = checked(True)(x, params, state)
-    with pytest.raises(checkify.JaxRuntimeError,
-                       match=r"x has NaN/Inf values in 2 feature\(s\); first offending "
-                             r"feature index: 2"):
+    with pytest.raises(
+        checkify.JaxRuntimeError,
+        match=r"x has NaN/Inf values in 2 feature\(s\); first offending "
+        r"feature index: 2",
+    ):
         err.throw()
 
 
@@ -43,9 +45,11 @@ def test_negative_running_variance_names_the_feature_in_eval():
     params, state = random_params(3)
     state = state._replace(var=jnp.array([1.0, 1.0, -0.5], jnp.float32))
     err, _ = checked(False)(random_array((4, 3)), params, state)
-    with pytest.raises(checkify.JaxRuntimeError,
-                       match=r"state\.var is negative in 1 feature\(s\); first offending feature "
-                             r"index: 2"):
+    with pytest.raises(
+        checkify.JaxRuntimeError,
+        match=r"state\.var is negative in 1 feature\(s\); first offending feature "
+        r"index: 2",
+    ):
         err.throw()
 
 
@@ -74,8 +78,13 @@ def test_works_under_chexify():
 
 def test_checks_cost_nothing_when_off():
     x, (params, state) = random_array((6, 3)), random_params(3)
-    jaxpr_off = str(jax.make_jaxpr(functools.partial(bnjax.batch_norm, train=True))(x, params, state))
-    jaxpr_on = str(jax.make_jaxpr(checkify.checkify(functools.partial(
-        bnjax.batch_norm, train=True, check_values=True)))(x, params, state))
+    jaxpr_off = str(
+        jax.make_jaxpr(functools.partial(bnjax.batch_norm, train=True))(x, params, state)
+    )
+    jaxpr_on = str(
+        jax.make_jaxpr(
+            checkify.checkify(functools.partial(bnjax.batch_norm, train=True, check_values=True))
+        )(x, params, state)
+    )
     assert "check" not in jaxpr_off
     assert jaxpr_on.count("is_finite") > jaxpr_off.count("is_finite")

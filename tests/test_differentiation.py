@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import random_array, random_params
 from jax.test_util import check_grads
+from oracle import train_gradients
 
 import bnjax
-from oracle import train_gradients
 
 
 def _loss_and_grads(x, params, state, cotangent, **kwargs):
@@ -59,8 +59,9 @@ def test_eval_gradients_in_closed_form():
 
 CHECK_CASES = [
     pytest.param(dict(train=True), id="train"),
-    pytest.param(dict(train=True, mask=np.array([[True], [False], [True], [True], [True]])),
-                 id="train-mask"),
+    pytest.param(
+        dict(train=True, mask=np.array([[True], [False], [True], [True], [True]])), id="train-mask"
+    ),
     pytest.param(dict(train=False), id="eval"),
 ]
 
@@ -73,13 +74,12 @@ def test_check_grads_second_order_forward_and_reverse(case):
         state = state._replace(count=jnp.asarray(3, jnp.int32))
 
         def f(x, scale, bias):
-            y, new_state = bnjax.batch_norm(
-                x, bnjax.BatchNormParams(scale, bias), state, **case
-            )
+            y, new_state = bnjax.batch_norm(x, bnjax.BatchNormParams(scale, bias), state, **case)
             return jnp.sin(y), new_state.mean, new_state.var
 
-        check_grads(f, (x, params.scale, params.bias), order=2, modes=("fwd", "rev"),
-                    atol=1e-5, rtol=1e-5)
+        check_grads(
+            f, (x, params.scale, params.bias), order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_jvp_jacfwd_hessian_agree_with_reverse_mode():
@@ -104,8 +104,11 @@ def test_jvp_jacfwd_hessian_agree_with_reverse_mode():
 def saved_bytes(f, x, params):
     """Bytes of the residuals that jax.vjp keeps for the backward, beyond x."""
     _, pullback = jax.vjp(f, x, params)
-    return sum(leaf.nbytes for leaf in jax.tree.leaves(pullback)
-               if hasattr(leaf, "nbytes") and leaf is not x)
+    return sum(
+        leaf.nbytes
+        for leaf in jax.tree.leaves(pullback)
+        if hasattr(leaf, "nbytes") and leaf is not x
+    )
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -127,8 +130,9 @@ def test_flax_keeps_full_size_copies_for_comparison():
     variables = module.init(jax.random.key(0), x)
 
     def f(x, params):
-        y, _ = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                            mutable=["batch_stats"])
+        y, _ = module.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]}, x, mutable=["batch_stats"]
+        )
         return y
 
     assert saved_bytes(jax.jit(f), x, variables["params"]) >= 1.9 * x.nbytes

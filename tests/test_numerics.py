@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import jit_batch_norm, random_array, random_params
+from oracle import batch_stats, reference
 
 import bnjax
-from oracle import reference
 
 
 def test_offset_1e4_times_std_is_exact_in_float32():
@@ -38,7 +38,9 @@ def test_float16_whose_squares_overflow():
     assert float(x.max()) ** 2 > float(np.finfo(np.float16).max)
     params, state = bnjax.init(3)
     y, new_state = jit_batch_norm(x, params, state, True)
-    y_ref, _, var_ref = reference(np.asarray(x, np.float64), None, None, state.mean, state.var, True)
+    y_ref, _, var_ref = reference(
+        np.asarray(x, np.float64), None, None, state.mean, state.var, True
+    )
     assert y.dtype == jnp.float16 and np.all(np.isfinite(np.asarray(y, np.float32)))
     np.testing.assert_allclose(np.asarray(y, np.float64), y_ref, atol=4e-3)
     np.testing.assert_allclose(new_state.var, var_ref.ravel(), rtol=1e-5)
@@ -46,9 +48,11 @@ def test_float16_whose_squares_overflow():
 
 @pytest.mark.parametrize(
     "x",
-    [pytest.param(np.full((1, 3), 7.0, np.float32), id="batch-of-one"),
-     pytest.param(np.full((5, 3), -2.5, np.float32), id="constant-feature"),
-     pytest.param(np.full((3,), 4.0, np.float32), id="no-batch-axis")],
+    [
+        pytest.param(np.full((1, 3), 7.0, np.float32), id="batch-of-one"),
+        pytest.param(np.full((5, 3), -2.5, np.float32), id="constant-feature"),
+        pytest.param(np.full((3,), 4.0, np.float32), id="no-batch-axis"),
+    ],
 )
 def test_zero_variance_outputs_bias_with_finite_gradients(x):
     params, state = random_params(3)
@@ -86,3 +90,20 @@ def test_unbiased_variance_of_one_element_leaves_state_unchanged():
     params, state = random_params(3)
     _, new_state = jit_batch_norm(random_array((1, 3)), params, state, True, unbiased=True)
     chex.assert_trees_all_equal(new_state, state)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_moments_are_exact_at_large_offsets(with_mask):
+    """The mean within an ulp or so, the variance to float32 rounding, at |mean|/std = 1e4."""
+    from bnjax._stats import local_moments
+
+    offsets = np.array([1e4, -1e4, 3.0])
+    x = (offsets + random_array((6, 50, 3), seed=15, dtype=np.float64)).astype(np.float32)
+    mask = None
+    if with_mask:
+        mask = np.random.default_rng(16).random((6, 50, 1)) < 0.5
+        mask[0] = False  # the first example is all padding: the shift falls back
+    moments = jax.jit(local_moments, static_argnums=2)(x, mask, (0, 1))
+    count, mean_ref, var_ref = batch_stats(x, mask=mask)
+    np.testing.assert_allclose(moments.mean, mean_ref, rtol=1.2e-7)
+    np.testing.assert_allclose(np.asarray(moments.var) / count, var_ref, rtol=1e-3)

@@ -7,9 +7,9 @@ import numpy as np
 from conftest import jit_batch_norm, random_array, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracle import reference
 
 import bnjax
-from oracle import reference
 
 
 def test_vmap_with_axis_name_equals_the_global_batch():
@@ -29,15 +29,15 @@ def test_vmap_with_axis_name_equals_the_global_batch():
     # Chan's combination rounds the mean of 1e3 to float32 (ulp 6e-5), times γ/σ up to ~3.
     np.testing.assert_allclose(y.reshape(12, 5), y_global, atol=5e-4)
     for i in range(4):
-        chex.assert_trees_all_close(jax.tree.map(lambda s: s[i], states), state_global,
-                                    atol=1e-5, rtol=1e-5)
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda s, i=i: s[i], states), state_global, atol=1e-5, rtol=1e-5
+        )
 
     def loss(x):
         return jnp.sum(jnp.sin(jax.vmap(per_member, axis_name="b")(x, mask)[0]))
 
     def loss_global(x):
-        y, _ = bnjax.batch_norm(x.reshape(12, 5), params, state, True,
-                                mask=mask.reshape(12, 1))
+        y, _ = bnjax.batch_norm(x.reshape(12, 5), params, state, True, mask=mask.reshape(12, 1))
         return jnp.sum(jnp.sin(y))
 
     # One float32 ulp of a mean of 1e3 is 6e-5; the gradient amplifies it about tenfold.
@@ -53,10 +53,11 @@ def test_vmap_over_an_ensemble_keeps_members_independent():
         x, ensemble_params, ensemble_state
     )
     for i in range(3):
-        y_i, state_i = jit_batch_norm(x[i], jax.tree.map(lambda p: p[i], ensemble_params),
-                                      state, True)
+        y_i, state_i = jit_batch_norm(
+            x[i], jax.tree.map(lambda p, i=i: p[i], ensemble_params), state, True
+        )
         np.testing.assert_allclose(y[i], y_i, atol=1e-6)
-        chex.assert_trees_all_close(jax.tree.map(lambda s: s[i], new_states), state_i)
+        chex.assert_trees_all_close(jax.tree.map(lambda s, i=i: s[i], new_states), state_i)
 
 
 @settings(max_examples=25, deadline=None)
@@ -66,8 +67,11 @@ def test_vmap_over_an_ensemble_keeps_members_independent():
 )
 def test_property_random_shapes_and_axes(shape, data):
     ndim = len(shape)
-    axes = data.draw(st.lists(st.integers(-ndim, ndim - 1), min_size=1, max_size=ndim,
-                              unique_by=lambda a: a % ndim))
+    axes = data.draw(
+        st.lists(
+            st.integers(-ndim, ndim - 1), min_size=1, max_size=ndim, unique_by=lambda a: a % ndim
+        )
+    )
     axis = tuple(axes) if len(axes) > 1 else axes[0]
     train = data.draw(st.booleans())
     loc = data.draw(st.sampled_from([0.0, 100.0, -3e3]))
@@ -75,9 +79,11 @@ def test_property_random_shapes_and_axes(shape, data):
     features = tuple(shape[a % ndim] for a in sorted(a % ndim for a in axes))
     params, state = random_params(features)
     y, new_state = bnjax.batch_norm(x, params, state, train, axis=axis)
-    y_ref, mean_ref, var_ref = reference(x, params.scale, params.bias, state.mean, state.var,
-                                         train, axis=axis)
-    np.testing.assert_allclose(np.asarray(y, np.float64), y_ref, atol=2e-3 if loc else 5e-5,
-                               rtol=1e-4)
+    y_ref, mean_ref, var_ref = reference(
+        x, params.scale, params.bias, state.mean, state.var, train, axis=axis
+    )
+    np.testing.assert_allclose(
+        np.asarray(y, np.float64), y_ref, atol=2e-3 if loc else 5e-5, rtol=1e-4
+    )
     np.testing.assert_allclose(new_state.mean, mean_ref.reshape(features), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(new_state.var, var_ref.reshape(features), rtol=1e-4, atol=1e-5)

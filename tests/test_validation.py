@@ -19,31 +19,67 @@ def call(x=X, params=PARAMS, state=STATE, train=True, **kwargs):
 @pytest.mark.parametrize(
     "kwargs, error, pattern",
     [
-        (dict(x=random_array((8, 5))), ValueError,
-         r"params\.scale must have the feature shape of x, \(5,\).*got \(4,\)"),
-        (dict(x=random_array((8, 3, 4)), axis=1), ValueError,
-         r"params\.scale must have the feature shape of x, \(3,\) \(x\.shape at axes \(1,\)\), "
-         r"got \(4,\)"),
-        (dict(state=STATE._replace(var=jnp.ones(3))), ValueError,
-         r"state\.var must have the feature shape of x, \(4,\).*got \(3,\)"),
-        (dict(axis=2), ValueError, r"axis=2 is out of range for x with 2 dimension\(s\) "
-                                   r"\(shape \(8, 4\)\); valid axes are -2\.\.1"),
+        (
+            dict(x=random_array((8, 5))),
+            ValueError,
+            r"params\.scale must have the feature shape of x, \(5,\).*got \(4,\)",
+        ),
+        (
+            dict(x=random_array((8, 3, 4)), axis=1),
+            ValueError,
+            r"params\.scale must have the feature shape of x, \(3,\) \(x\.shape at axes \(1,\)\), "
+            r"got \(4,\)",
+        ),
+        (
+            dict(state=STATE._replace(var=jnp.ones(3))),
+            ValueError,
+            r"state\.var must have the feature shape of x, \(4,\).*got \(3,\)",
+        ),
+        (
+            dict(axis=2),
+            ValueError,
+            r"axis=2 is out of range for x with 2 dimension\(s\) "
+            r"\(shape \(8, 4\)\); valid axes are -2\.\.1",
+        ),
         (dict(axis=(1, -1)), ValueError, r"axis=\(1, -1\) names the same dimension twice"),
-        (dict(x=np.ones((8, 4), np.int32)), TypeError,
-         r"x must be a floating-point array, got dtype int32"),
-        (dict(x=np.float32(1.0)), ValueError,
-         r"x must have at least one dimension.*got a scalar with shape \(\)"),
+        (
+            dict(x=np.ones((8, 4), np.int32)),
+            TypeError,
+            r"x must be a floating-point array, got dtype int32",
+        ),
+        (
+            dict(x=np.float32(1.0)),
+            ValueError,
+            r"x must have at least one dimension.*got a scalar with shape \(\)",
+        ),
         (dict(train=1), TypeError, r"train must be a static Python bool .*got 1 of type int"),
-        (dict(mask=np.ones((3, 4), bool)), ValueError,
-         r"mask with shape \(3, 4\) does not broadcast to x with shape \(8, 4\)"),
-        (dict(mask=np.ones((8, 4), np.float32)), TypeError,
-         r"mask must be a boolean array, got dtype float32"),
-        (dict(x=np.ones((0, 4), np.float32)), ValueError,
-         r"training needs a non-empty batch: x with shape \(0, 4\) has 0 elements"),
-        (dict(momentum=1.5), ValueError, r"momentum must be in \[0, 1\] \(or None\), got momentum=1\.5"),
+        (
+            dict(mask=np.ones((3, 4), bool)),
+            ValueError,
+            r"mask with shape \(3, 4\) does not broadcast to x with shape \(8, 4\)",
+        ),
+        (
+            dict(mask=np.ones((8, 4), np.float32)),
+            TypeError,
+            r"mask must be a boolean array, got dtype float32",
+        ),
+        (
+            dict(x=np.ones((0, 4), np.float32)),
+            ValueError,
+            r"training needs a non-empty batch: x with shape \(0, 4\) has 0 elements",
+        ),
+        (
+            dict(momentum=1.5),
+            ValueError,
+            r"momentum must be in \[0, 1\] \(or None\), got momentum=1\.5",
+        ),
         (dict(momentum=-0.1), ValueError, r"momentum must be in \[0, 1\].*momentum=-0\.1"),
         (dict(momentum="0.9"), TypeError, r"momentum must be a Python float in \[0, 1\] or None"),
-        (dict(epsilon=-1e-5), ValueError, r"epsilon must be a finite number >= 0, got epsilon=-1e-05"),
+        (
+            dict(epsilon=-1e-5),
+            ValueError,
+            r"epsilon must be a finite number >= 0, got epsilon=-1e-05",
+        ),
         (dict(params={"scale": 1}), TypeError, r"params must be a bnjax\.BatchNormParams"),
         (dict(axis_index_groups=[[0]]), ValueError, r"axis_index_groups needs axis_name"),
     ],
@@ -55,8 +91,11 @@ def test_bad_input_raises_clear_error(kwargs, error, pattern):
 
 
 def test_traced_train_says_it_must_be_static():
-    with pytest.raises(TypeError, match=r"train must be a static Python bool, got a traced value"
-                                         r".*static_argnames='train'"):
+    with pytest.raises(
+        TypeError,
+        match=r"train must be a static Python bool, got a traced value"
+        r".*static_argnames='train'",
+    ):
         jax.jit(lambda x, t: call(x=x, train=t))(X, True)
 
 
