@@ -3,13 +3,17 @@
 Public API:
   init, batch_norm: the functional core.
   BatchNormParams, BatchNormState: its parameter and statistics containers.
+  BatchNorm: the flax.linen module (drop-in for flax.linen.BatchNorm).
+  nnx.BatchNorm: the flax.nnx module.
 """
 
 from ._core import batch_norm as batch_norm
 from ._core import init as init
 from ._types import BatchNormParams as BatchNormParams
 from ._types import BatchNormState as BatchNormState
+from . import nnx as nnx
+from .linen import BatchNorm as BatchNorm
 
 __version__ = "0.1.0"
 
-__all__ = ["BatchNormParams", "BatchNormState", "batch_norm", "init"]
+__all__ = ["BatchNorm", "BatchNormParams", "BatchNormState", "batch_norm", "init", "nnx"]

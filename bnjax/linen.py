@@ -1,0 +1,153 @@
+"""``bnjax.BatchNorm``: a drop-in replacement for ``flax.linen.BatchNorm``."""
+
+from typing import Any, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.linen import initializers
+
+from ._frontend import (
+    CoreOptions,
+    call_core,
+    check_feature_shape,
+    feature_shape_of,
+    resolve_use_running_average,
+)
+
+
+class BatchNorm(nn.Module):
+    """Batch normalization (Ioffe & Szegedy, 2015) as a ``flax.linen`` module.
+
+    Same fields, defaults, call signature and variables as
+    ``flax.linen.BatchNorm`` (``params/{scale, bias}``,
+    ``batch_stats/{mean, var}``), so checkpoints of models that use Flax's
+    load unchanged; the computation is ``bnjax.batch_norm``. Statistics are
+    always float32-accumulated and stable at large offsets, so Flax's
+    ``use_fast_variance`` and ``force_float32_reductions`` are accepted and
+    have no effect. Running statistics are not updated while initializing.
+
+    Attributes:
+      use_running_average: True evaluates with the running statistics, False
+        trains with batch statistics; may instead be given at call time.
+      axis: the feature axis or axes.
+      momentum: Flax's convention ``new = momentum·old + (1−momentum)·batch``;
+        None keeps the exact average over all batches (then
+        ``batch_stats/count`` is stored too).
+      epsilon: added to the variance.
+      dtype: the computation and output dtype; None promotes x with the
+        parameters, as Flax does. ``jnp.bfloat16`` computes in bfloat16 with
+        float32 statistics.
+      param_dtype: dtype of scale and bias.
+      use_bias: whether to learn β.
+      use_scale: whether to learn γ.
+      bias_init: initializer of β.
+      scale_init: initializer of γ.
+      axis_name: mapped axis to compute the statistics across.
+      axis_index_groups: device groups along ``axis_name``.
+      use_fast_variance: accepted for compatibility; no effect.
+      force_float32_reductions: accepted for compatibility; no effect.
+      unbiased: the running variance receives m/(m−1)·σ²_B.
+      check_values: opt-in value checks (see ``bnjax.batch_norm``).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, bnjax
+      >>> bn = bnjax.BatchNorm(use_running_average=False)
+      >>> x = jnp.arange(8.0).reshape(4, 2)
+      >>> variables = bn.init(jax.random.key(0), x)
+      >>> jax.tree.map(jnp.shape, variables)
+      {'batch_stats': {'mean': (2,), 'var': (2,)}, 'params': {'bias': (2,), 'scale': (2,)}}
+      >>> y, updates = bn.apply(variables, x, mutable=["batch_stats"])
+      >>> updates["batch_stats"]["mean"]
+      Array([0.03, 0.04], dtype=float32)
+    """
+
+    use_running_average: Optional[bool] = None
+    axis: Union[int, Sequence[int]] = -1
+    momentum: Optional[float] = 0.99
+    epsilon: float = 1e-5
+    dtype: Optional[Any] = None
+    param_dtype: Any = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Any = initializers.zeros
+    scale_init: Any = initializers.ones
+    axis_name: Optional[str] = None
+    axis_index_groups: Any = None
+    use_fast_variance: bool = True
+    force_float32_reductions: bool = True
+    unbiased: bool = False
+    check_values: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        use_running_average: Optional[bool] = None,
+        *,
+        mask: Optional[jax.Array] = None,
+    ) -> jax.Array:
+        """Normalizes ``x``; in training, updates ``batch_stats`` (which must be mutable).
+
+        Args:
+          x: the input.
+          use_running_average: give it here or to the constructor, not both
+            (as ``flax.linen.BatchNorm``).
+          mask: boolean, broadcastable to x; only True positions enter the
+            statistics.
+
+        Returns:
+          The normalized input.
+        """
+        use_running_average = resolve_use_running_average(
+            self.use_running_average, use_running_average, call_overrides=False
+        )
+        feature_shape = feature_shape_of(x, self.axis)
+        if self.has_variable("batch_stats", "mean"):
+            check_feature_shape(self.get_variable("batch_stats", "mean").shape, x, self.axis)
+        mean = self.variable("batch_stats", "mean", jnp.zeros, feature_shape, jnp.float32)
+        var = self.variable("batch_stats", "var", jnp.ones, feature_shape, jnp.float32)
+        count = None
+        if self.momentum is None:
+            count = self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
+        scale = bias = None
+        if self.use_scale:
+            scale = self.param("scale", self.scale_init, feature_shape, self.param_dtype)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, feature_shape, self.param_dtype)
+
+        train = not use_running_average
+        initializing = self.is_initializing()
+        if train and not initializing and not self.is_mutable_collection("batch_stats"):
+            raise ValueError(
+                "bnjax.BatchNorm in training mode (use_running_average=False) updates the "
+                "'batch_stats' collection: call model.apply(variables, x, "
+                "mutable=['batch_stats']) and keep the returned statistics, or evaluate "
+                "with use_running_average=True"
+            )
+        options = CoreOptions(
+            axis=self.axis,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            unbiased=self.unbiased,
+            axis_name=None if initializing else self.axis_name,
+            axis_index_groups=None if initializing else self.axis_index_groups,
+            check_values=self.check_values,
+        )
+        y, new_state = call_core(
+            x,
+            scale,
+            bias,
+            mean.value,
+            var.value,
+            None if count is None else count.value,
+            train,
+            self.dtype,
+            options,
+            mask,
+        )
+        if train and not initializing:
+            mean.value, var.value = new_state.mean, new_state.var
+            if count is not None:
+                count.value = new_state.count
+        return y

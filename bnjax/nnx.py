@@ -1,0 +1,151 @@
+"""``bnjax.nnx.BatchNorm``: batch normalization as a ``flax.nnx`` module."""
+
+from typing import Any, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx import initializers
+
+from ._frontend import CoreOptions, call_core, check_feature_shape, resolve_use_running_average
+
+
+class BatchNorm(nnx.Module):
+    """Batch normalization (Ioffe & Szegedy, 2015) as a ``flax.nnx`` module.
+
+    Mirrors ``flax.nnx.BatchNorm``: ``Param`` scale and bias, ``BatchStat``
+    mean and var updated in place in training, ``model.train()`` /
+    ``model.eval()`` switching, call-time ``use_running_average`` (which wins
+    over the attribute) and ``mask``. The computation is
+    ``bnjax.batch_norm``.
+
+    Args:
+      num_features: the size of the feature axis (a tuple for several axes).
+      use_running_average: True evaluates with the running statistics.
+      axis: the feature axis or axes.
+      momentum: Flax's convention; None keeps the exact average over all
+        batches (a ``count`` ``BatchStat`` is then kept too).
+      epsilon: added to the variance.
+      dtype: computation and output dtype; None promotes x with the parameters.
+      param_dtype: dtype of scale and bias.
+      use_bias: whether to learn β.
+      use_scale: whether to learn γ.
+      bias_init: initializer of β.
+      scale_init: initializer of γ.
+      axis_name: mapped axis to compute the statistics across.
+      axis_index_groups: device groups along ``axis_name``.
+      use_fast_variance: accepted for compatibility; statistics are always
+        stable and float32-accumulated.
+      unbiased: the running variance receives m/(m−1)·σ²_B.
+      check_values: opt-in value checks (see ``bnjax.batch_norm``).
+      rngs: ``nnx.Rngs`` for the initializers.
+
+    Examples:
+      >>> import jax.numpy as jnp, bnjax
+      >>> from flax import nnx
+      >>> bn = bnjax.nnx.BatchNorm(2, rngs=nnx.Rngs(0))
+      >>> y = bn(jnp.arange(8.0).reshape(4, 2))  # trains: statistics update in place
+      >>> bn.mean[...]
+      Array([0.03, 0.04], dtype=float32)
+      >>> bn.eval()
+      >>> bn.use_running_average
+      True
+    """
+
+    def __init__(
+        self,
+        num_features: Union[int, Sequence[int]],
+        *,
+        use_running_average: Optional[bool] = False,
+        axis: Union[int, Sequence[int]] = -1,
+        momentum: Optional[float] = 0.99,
+        epsilon: float = 1e-5,
+        dtype: Optional[Any] = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Any = initializers.zeros_init(),
+        scale_init: Any = initializers.ones_init(),
+        axis_name: Optional[str] = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
+        unbiased: bool = False,
+        check_values: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        shape = (num_features,) if isinstance(num_features, int) else tuple(num_features)
+        self.mean = nnx.BatchStat(jnp.zeros(shape, jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones(shape, jnp.float32))
+        self.count = nnx.BatchStat(jnp.zeros((), jnp.int32)) if momentum is None else nnx.data(None)
+        self.scale = (
+            nnx.Param(scale_init(rngs.params(), shape, param_dtype))
+            if use_scale
+            else nnx.data(None)
+        )
+        self.bias = (
+            nnx.Param(bias_init(rngs.params(), shape, param_dtype)) if use_bias else nnx.data(None)
+        )
+        self.num_features = num_features
+        self.use_running_average = use_running_average
+        self.axis = axis
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
+        self.unbiased = unbiased
+        self.check_values = check_values
+
+    def __call__(
+        self,
+        x: jax.Array,
+        use_running_average: Optional[bool] = None,
+        *,
+        mask: Optional[jax.Array] = None,
+    ) -> jax.Array:
+        """Normalizes ``x``; in training, updates ``mean``/``var`` in place.
+
+        Args:
+          x: the input.
+          use_running_average: overrides the attribute for this call.
+          mask: boolean, broadcastable to x; only True positions enter the
+            statistics.
+
+        Returns:
+          The normalized input.
+        """
+        train = not resolve_use_running_average(
+            self.use_running_average, use_running_average, call_overrides=True
+        )
+        check_feature_shape(self.mean.shape, x, self.axis)
+        options = CoreOptions(
+            axis=self.axis,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            unbiased=self.unbiased,
+            axis_name=self.axis_name,
+            axis_index_groups=self.axis_index_groups,
+            check_values=self.check_values,
+        )
+        y, new_state = call_core(
+            x,
+            None if self.scale is None else self.scale[...],
+            None if self.bias is None else self.bias[...],
+            self.mean[...],
+            self.var[...],
+            None if self.count is None else self.count[...],
+            train,
+            self.dtype,
+            options,
+            mask,
+        )
+        if train:
+            self.mean[...] = new_state.mean
+            self.var[...] = new_state.var
+            if self.count is not None:
+                self.count[...] = new_state.count
+        return y
