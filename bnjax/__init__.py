@@ -7,11 +7,11 @@ Public API:
   nnx.BatchNorm: the flax.nnx module.
 """
 
+from . import nnx as nnx
 from ._core import batch_norm as batch_norm
 from ._core import init as init
 from ._types import BatchNormParams as BatchNormParams
 from ._types import BatchNormState as BatchNormState
-from . import nnx as nnx
 from .linen import BatchNorm as BatchNorm
 
 __version__ = "0.1.0"

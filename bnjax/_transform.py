@@ -97,6 +97,23 @@ def _normalize_train_jvp(reduce_axes, epsilon, axis_name, axis_index_groups, pri
     y, moments = normalize_train(
         x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_index_groups
     )
+    dy, dmoments = _train_tangent(
+        reduce_axes, epsilon, axis_name, axis_index_groups,
+        x, mask, moments, scale, dx, dscale, dbias,
+    )  # fmt: skip
+    return (y, moments), (dy.astype(y.dtype), dmoments)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(0, 1, 2, 3))
+def _train_tangent(
+    reduce_axes, epsilon, axis_name, axis_index_groups, x, mask, moments, scale, dx, dscale, dbias
+):
+    """The tangent of (y, moments): linear in (dx, dscale, dbias).
+
+    Under ``jax.checkpoint`` so that what reverse mode keeps is exactly its
+    primal inputs (x, the mask, the moments and the scale); the per-feature
+    products are recomputed in the backward.
+    """
     acc = accumulation_dtype(x.dtype)
     count = safe_count(moments.count)
     inv_std = lax.rsqrt(moments.var + epsilon)
@@ -115,5 +132,4 @@ def _normalize_train_jvp(reduce_axes, epsilon, axis_name, axis_index_groups, pri
         + centered_product(x, moments.mean, scale * dinv_std + dscale * inv_std)
         + (dbias - weight * dmean)
     )
-    dmoments = Moments(jnp.zeros_like(moments.count), dmean, 2 * half_dvar)
-    return (y, moments), (dy.astype(y.dtype), dmoments)
+    return dy, Moments(jnp.zeros_like(moments.count), dmean, 2 * half_dvar)

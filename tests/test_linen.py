@@ -9,9 +9,9 @@ import optax
 import pytest
 from conftest import random_array
 from flax import serialization
+from oracle import reference
 
 import bnjax
-from oracle import reference
 
 
 def both(**kwargs):

@@ -1,7 +1,6 @@
 """bnjax.nnx.BatchNorm against flax.nnx.BatchNorm, and inside NNX training."""
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
