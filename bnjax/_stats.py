@@ -72,25 +72,28 @@ def _masked_mean(x: jax.Array, mask: jax.Array, reduce_axes: Tuple[int, ...]):
     return masked_sum(x, mask, reduce_axes) / safe_count(count), count
 
 
-def _shift(x: jax.Array, mask: Optional[jax.Array], reduce_axes: Tuple[int, ...]) -> jax.Array:
+def _shift(
+    x: jax.Array, mask: Optional[jax.Array], reduce_axes: Tuple[int, ...], dtype
+) -> jax.Array:
     """A per-feature value close to the data, so that x − K is of the order of std.
 
     Without a mask: x's first element per feature. With a mask: the mean of
     the valid elements of the first slice along the first reduced axis; for a
     feature with none there, the plain masked mean of the whole batch (an
-    extra pass, taken only when needed).
+    extra pass, taken only when needed). Slices are taken before converting
+    to ``dtype``, so that the conversion of the whole of x is not shared.
     """
     if mask is None:
         index = tuple(slice(0, 1) if a in reduce_axes else slice(None) for a in range(x.ndim))
-        return lax.stop_gradient(x[index])
+        return lax.stop_gradient(x[index].astype(dtype))
     first = reduce_axes[0]
-    x0 = lax.slice_in_dim(x, 0, 1, axis=first)
+    x0 = lax.slice_in_dim(x, 0, 1, axis=first).astype(dtype)
     m0 = lax.slice_in_dim(mask, 0, 1, axis=first)
     shift, count = _masked_mean(x0, m0, reduce_axes)
     shift = lax.cond(
         jnp.all(count > 0),
         lambda: shift,
-        lambda: jnp.where(count > 0, shift, _masked_mean(x, mask, reduce_axes)[0]),
+        lambda: jnp.where(count > 0, shift, _masked_mean(x.astype(dtype), mask, reduce_axes)[0]),
     )
     return lax.stop_gradient(shift)
 
@@ -101,8 +104,11 @@ def local_moments(x: jax.Array, mask: Optional[jax.Array], reduce_axes: Tuple[in
     Returns ``Moments`` whose ``var`` field holds M2 = Σ(x−mean)² (not yet
     divided), which is what Chan's combination needs.
     """
-    xf = x.astype(accumulation_dtype(x.dtype))
-    shift = _shift(xf, mask, reduce_axes)
+    acc = accumulation_dtype(x.dtype)
+    shift = _shift(x, mask, reduce_axes, acc)
+    # The barrier keeps the slice that gave the shift from becoming one more
+    # consumer of x's conversion, which XLA:CPU would then write to memory.
+    xf = lax.optimization_barrier(x).astype(acc)
     # Two copies of the shift that XLA cannot merge: each reduction then reads x
     # itself and XLA:CPU runs the two side by side, instead of writing one x − K
     # to memory and reading it twice (it does not fuse sibling reductions).

@@ -85,8 +85,8 @@ def normalize_train(
     moments = batch_moments(x, mask, reduce_axes, axis_name, axis_index_groups)
     # The barrier keeps XLA from sharing x − μ between the variance reduction and
     # the output, which would write it to memory instead of fusing it into both.
-    mean = lax.optimization_barrier(moments.mean)
-    y = normalize_eval(x, scale, bias, mean, moments.var, epsilon)
+    x_out, mean = lax.optimization_barrier((x, moments.mean))
+    y = normalize_eval(x_out, scale, bias, mean, moments.var, epsilon)
     return y, moments
 
 
