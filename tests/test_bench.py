@@ -2,13 +2,16 @@
 
 import json
 
+import jax
+
 from bnjax import bench
 
 
 def test_bench_writes_records_and_table(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "SHAPES_QUICK", [(8, 2, 2, 4)])
     path = tmp_path / "bench.json"
-    assert bench.main(["--quick", "--repeats", "2", "--json", str(path)]) == 0
+    with jax.numpy_dtype_promotion("standard"):  # flax.linen.BatchNorm needs it for bfloat16
+        assert bench.main(["--quick", "--repeats", "2", "--json", str(path)]) == 0
     records = json.loads(path.read_text())["records"]
     assert {r["impl"] for r in records} == {"bnjax", "flax.linen"}
     assert {r["mode"] for r in records} == {"fwd", "fwd+bwd"}
