@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _checks, _validate
+from ._ghost import check_virtual_batch_size, normalize_virtual_batches
 from ._running import update_running_stats
 from ._stats import accumulation_dtype
 from ._transform import normalize_eval, normalize_train
@@ -80,6 +81,7 @@ def batch_norm(
     mask: Optional[jax.Array] = None,
     axis_name=None,
     axis_index_groups=None,
+    virtual_batch_size: Optional[int] = None,
     check_values: bool = False,
 ) -> Tuple[jax.Array, BatchNormState]:
     """Batch normalization (Ioffe & Szegedy, 2015), as a pure function.
@@ -120,6 +122,11 @@ def batch_norm(
         ``shard_map``, ``vmap``).
       axis_index_groups: groups of indices along ``axis_name`` that share
         statistics.
+      virtual_batch_size: ghost batch norm (Hoffer et al., 2017): in training,
+        each group of this many consecutive examples along the batch axis (the
+        first non-feature axis) is normalized with its own statistics, and the
+        running statistics receive the average over the groups. Must divide
+        the batch; not combinable with ``axis_name``.
       check_values: if True, assert (with ``jax.experimental.checkify``) that
         x, the batch statistics and the running statistics are finite and the
         running variance is >= 0, naming the offending feature. The function
@@ -159,6 +166,8 @@ def batch_norm(
     layout = _validate.layout_of(x, axis, train)
     _validate.check_params_and_state(params, state, layout)
     mask = _validate.check_mask(mask, x)
+    if train:
+        check_virtual_batch_size(virtual_batch_size, x, layout, axis_name)
 
     acc = accumulation_dtype(x.dtype)
     scale = _per_feature(params.scale, 1.0, layout, acc)
@@ -171,9 +180,15 @@ def batch_norm(
         var = _per_feature(state.var, 1.0, layout, acc)
         return normalize_eval(x, scale, bias, mean, var, epsilon), state
 
-    y, moments = normalize_train(
-        x, scale, bias, mask, layout.reduce_axes, epsilon, axis_name, axis_index_groups
-    )
+    if virtual_batch_size is None:
+        y, moments = normalize_train(
+            x, scale, bias, mask, layout.reduce_axes, epsilon, axis_name, axis_index_groups
+        )
+    else:  # the groups' variances come back already corrected when unbiased
+        y, moments = normalize_virtual_batches(
+            x, scale, bias, mask, layout, virtual_batch_size, epsilon, unbiased
+        )
+        unbiased = False
     if check_values:
         _checks.check_batch_stats(moments.mean, moments.var)
     new_state = update_running_stats(state, moments, layout.feature_shape, momentum, unbiased)

@@ -23,6 +23,7 @@ class CoreOptions(NamedTuple):
     unbiased: bool
     axis_name: Any
     axis_index_groups: Any
+    virtual_batch_size: Optional[int]
     check_values: bool
 
 

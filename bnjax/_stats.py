@@ -9,7 +9,7 @@ half a float32 ulp; a plain Σx/m errs by several ulps at |mean|/std = 1e4,
 which is why the classic two-pass method is not used even on CPU, where it
 would be a little faster. Across devices each device computes its own
 (count, mean, M2) and the triples are combined with Chan's formula after a
-single ``all_gather``.
+single all-reduce that gathers them (see ``gather_by_sum``).
 """
 
 from typing import NamedTuple, Optional, Tuple
@@ -72,6 +72,21 @@ def _masked_mean(x: jax.Array, mask: jax.Array, reduce_axes: Tuple[int, ...]):
     return masked_sum(x, mask, reduce_axes) / safe_count(count), count
 
 
+def _take(x: jax.Array, index) -> jax.Array:
+    """``x[index]`` for static slices, also when x is sharded with explicit mesh axes.
+
+    Explicit sharding (``jax.sharding.AxisType.Explicit``) has no rule for a
+    slice of size 1 along a sharded axis; the slice is then taken with the
+    compiler choosing the communication (``auto_axes``) and comes back
+    replicated.
+    """
+    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+    if spec is None or all(part is None for part in spec):
+        return x[index]
+    replicated = jax.sharding.PartitionSpec(*([None] * x.ndim))
+    return jax.sharding.auto_axes(lambda x: x[index], out_sharding=replicated)(x)
+
+
 def _shift(
     x: jax.Array, mask: Optional[jax.Array], reduce_axes: Tuple[int, ...], dtype
 ) -> jax.Array:
@@ -84,11 +99,13 @@ def _shift(
     to ``dtype``, so that the conversion of the whole of x is not shared.
     """
     if mask is None:
-        index = tuple(slice(0, 1) if a in reduce_axes else slice(None) for a in range(x.ndim))
-        return lax.stop_gradient(x[index].astype(dtype))
-    first = reduce_axes[0]
-    x0 = lax.slice_in_dim(x, 0, 1, axis=first).astype(dtype)
-    m0 = lax.slice_in_dim(mask, 0, 1, axis=first)
+        first_element = tuple(
+            slice(0, 1) if a in reduce_axes else slice(None) for a in range(x.ndim)
+        )
+        return lax.stop_gradient(_take(x, first_element).astype(dtype))
+    first_slice = tuple(slice(0, 1) if a == reduce_axes[0] else slice(None) for a in range(x.ndim))
+    x0 = _take(x, first_slice).astype(dtype)
+    m0 = _take(mask, first_slice)
     shift, count = _masked_mean(x0, m0, reduce_axes)
     shift = lax.cond(
         jnp.all(count > 0),
@@ -131,6 +148,38 @@ def combine_moments(gathered: Moments) -> Moments:
     return Moments(count, mean, m2)
 
 
+def gather_by_sum(values: jax.Array, axis_name, axis_index_groups=None) -> jax.Array:
+    """Stacks ``values`` from every member of ``axis_name`` (or of its group), via ``psum``.
+
+    Each member writes its values into its own slot of a zero array and one
+    all-reduce sums them. Unlike ``lax.all_gather``, the result is known to be
+    the same on every member (``shard_map`` can return it replicated), and it
+    works alike under ``pmap``, ``shard_map`` and ``vmap``. The values are
+    per-feature statistics, so the extra bytes are negligible.
+
+    Args:
+      values: this member's array.
+      axis_name: the mapped axis.
+      axis_index_groups: optional groups of indices along ``axis_name``.
+
+    Returns:
+      An array of shape ``(group size,) + values.shape``.
+    """
+    index = lax.axis_index(axis_name)
+    if axis_index_groups is None:
+        size = lax.axis_size(axis_name)
+    else:
+        size = len(axis_index_groups[0])
+        position = np.zeros(sum(len(g) for g in axis_index_groups), np.int32)
+        for group in axis_index_groups:
+            position[np.asarray(group)] = np.arange(len(group))
+        index = jnp.asarray(position)[index]
+    slots = jnp.arange(size) == index
+    slots = slots.reshape((size,) + (1,) * values.ndim)
+    placed = jnp.where(slots, values[None], jnp.zeros((), values.dtype))
+    return lax.psum(placed, axis_name, axis_index_groups=axis_index_groups)
+
+
 def batch_moments(
     x: jax.Array,
     mask: Optional[jax.Array],
@@ -158,7 +207,7 @@ def batch_moments(
         total = local
     else:
         packed = jnp.stack(local)
-        gathered = lax.all_gather(packed, axis_name, axis_index_groups=axis_index_groups)
+        gathered = gather_by_sum(packed, axis_name, axis_index_groups)
         total = combine_moments(Moments(*jnp.moveaxis(gathered, 1, 0)))
     var = total.var / safe_count(total.count)
     return Moments(total.count, total.mean, var)

@@ -126,10 +126,33 @@ def _train_tangent(
     half_dvar = sums[1] / count  # mean of dx·(x − μ) = dσ²/2
     dinv_std = -jnp.square(inv_std) * inv_std * half_dvar
     weight = scale * inv_std
-    # Grouped so that the transpose needs exactly two reductions, Σdy and Σdy·(x − μ).
-    dy = (
-        weight * dx.astype(acc)
-        + centered_product(x, moments.mean, scale * dinv_std + dscale * inv_std)
-        + (dbias - weight * dmean)
+    # Grouped so that the transpose needs exactly two reductions, Σdy and Σdy·(x − μ),
+    # and, across devices, one all-reduce of both: the per-feature tangents meet the
+    # per-device data at a single point.
+    offsets = _per_device(
+        jnp.stack([dbias - weight * dmean, scale * dinv_std + dscale * inv_std]), x, axis_name
     )
+    dy = weight * dx.astype(acc) + centered_product(x, moments.mean, offsets[1]) + offsets[0]
     return dy, Moments(jnp.zeros_like(moments.count), dmean, 2 * half_dvar)
+
+
+def _per_device(values: jax.Array, x: jax.Array, axis_name) -> jax.Array:
+    """Marks values that are equal on every device as per-device, under ``shard_map``.
+
+    ``shard_map`` types values as varying or not across its mesh axes, and
+    transposes each place where an equal-everywhere value meets per-device data
+    into an all-reduce. Doing it once, explicitly, for stacked values gives one
+    all-reduce in the backward. Elsewhere (``pmap``, ``vmap``, no axis) this is
+    the identity.
+    """
+    if axis_name is None:
+        return values
+    varying = getattr(getattr(jax.typeof(x), "mat", None), "varying", frozenset())
+    names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    if not set(names) <= set(varying) or set(names) <= set(_varying_axes(values)):
+        return values
+    return lax.pcast(values, axis_name, to="varying")
+
+
+def _varying_axes(value: jax.Array) -> frozenset:
+    return getattr(getattr(jax.typeof(value), "mat", None), "varying", frozenset())

@@ -48,6 +48,8 @@ class BatchNorm(nn.Module):
       use_fast_variance: accepted for compatibility; no effect.
       force_float32_reductions: accepted for compatibility; no effect.
       unbiased: the running variance receives m/(m−1)·σ²_B.
+      virtual_batch_size: ghost batch norm, statistics per group of this many
+        examples (see ``bnjax.batch_norm``).
       check_values: opt-in value checks (see ``bnjax.batch_norm``).
 
     Examples:
@@ -77,6 +79,7 @@ class BatchNorm(nn.Module):
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
     unbiased: bool = False
+    virtual_batch_size: Optional[int] = None
     check_values: bool = False
 
     @nn.compact
@@ -132,6 +135,7 @@ class BatchNorm(nn.Module):
             unbiased=self.unbiased,
             axis_name=None if initializing else self.axis_name,
             axis_index_groups=None if initializing else self.axis_index_groups,
+            virtual_batch_size=self.virtual_batch_size,
             check_values=self.check_values,
         )
         y, new_state = call_core(

@@ -37,6 +37,8 @@ class BatchNorm(nnx.Module):
       use_fast_variance: accepted for compatibility; statistics are always
         stable and float32-accumulated.
       unbiased: the running variance receives m/(m−1)·σ²_B.
+      virtual_batch_size: ghost batch norm, statistics per group of this many
+        examples (see ``bnjax.batch_norm``).
       check_values: opt-in value checks (see ``bnjax.batch_norm``).
       rngs: ``nnx.Rngs`` for the initializers.
 
@@ -70,6 +72,7 @@ class BatchNorm(nnx.Module):
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
         unbiased: bool = False,
+        virtual_batch_size: Optional[int] = None,
         check_values: bool = False,
         rngs: nnx.Rngs,
     ):
@@ -98,6 +101,7 @@ class BatchNorm(nnx.Module):
         self.axis_index_groups = axis_index_groups
         self.use_fast_variance = use_fast_variance
         self.unbiased = unbiased
+        self.virtual_batch_size = virtual_batch_size
         self.check_values = check_values
 
     def __call__(
@@ -129,6 +133,7 @@ class BatchNorm(nnx.Module):
             unbiased=self.unbiased,
             axis_name=self.axis_name,
             axis_index_groups=self.axis_index_groups,
+            virtual_batch_size=self.virtual_batch_size,
             check_values=self.check_values,
         )
         y, new_state = call_core(

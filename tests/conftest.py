@@ -17,6 +17,7 @@ STATIC = (
     "axis_name",
     "axis_index_groups",
     "check_values",
+    "virtual_batch_size",
 )
 
 # One jitted batch_norm for the whole session: tests share its compilation cache.

@@ -1,0 +1,100 @@
+"""Ghost batch normalization (Hoffer et al., 2017): statistics per virtual batch.
+
+The batch axis is split into groups of ``size`` consecutive examples; each
+group is normalized with its own statistics by the same transform as
+``batch_norm`` (the group axis is simply kept, like a feature axis), and the
+running statistics receive the average of the groups' statistics.
+"""
+
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from ._stats import Moments
+from ._transform import normalize_train
+from ._validate import Layout
+
+
+def _split_axis(shape: Tuple[int, ...], axis: int, groups: int) -> Tuple[int, ...]:
+    """``shape`` with ``axis`` split into (groups, shape[axis] // groups); 1 stays (1, 1)."""
+    size = shape[axis]
+    split = (groups, size // groups) if size != 1 else (1, 1)
+    return shape[:axis] + split + shape[axis + 1 :]
+
+
+def check_virtual_batch_size(size: Optional[int], x: jax.Array, layout: Layout, axis_name) -> None:
+    """Raises unless ``size`` divides the batch axis of ``x`` (the first reduced axis)."""
+    if size is None:
+        return
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"virtual_batch_size must be a positive int or None, got {size!r}")
+    if axis_name is not None:
+        raise ValueError(
+            "virtual_batch_size cannot be combined with axis_name: ghost batches are "
+            f"normalized on their own device, got axis_name={axis_name!r}"
+        )
+    if not layout.reduce_axes:
+        raise ValueError(f"virtual_batch_size needs a batch axis; x has shape {x.shape}")
+    batch = x.shape[layout.reduce_axes[0]]
+    if batch % size:
+        raise ValueError(
+            f"virtual_batch_size={size} must divide the batch axis {layout.reduce_axes[0]} "
+            f"of x (size {batch}, x.shape={x.shape})"
+        )
+
+
+def normalize_virtual_batches(
+    x: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    mask: Optional[jax.Array],
+    layout: Layout,
+    size: int,
+    epsilon: float,
+    unbiased: bool,
+) -> Tuple[jax.Array, Moments]:
+    """Normalizes each group of ``size`` examples with its own statistics.
+
+    Args:
+      x: the input.
+      scale: γ, broadcastable to x, in the accumulation dtype.
+      bias: β, broadcastable to x, in the accumulation dtype.
+      mask: optional bool mask of x's rank.
+      layout: x's axes (the batch axis is ``layout.reduce_axes[0]``).
+      size: examples per virtual batch.
+      epsilon: added to the variance.
+      unbiased: whether the variance for the running statistics gets each
+        group's m/(m−1) correction.
+
+    Returns:
+      ``(y, moments)``: the output, and the average over the groups (that have
+      a valid element) of their means and variances, the variance already
+      corrected when ``unbiased``; ``count`` is the total number of valid
+      elements.
+    """
+    batch_axis = layout.reduce_axes[0]
+    groups = x.shape[batch_axis] // size
+
+    def split(a):
+        if a is None or a.ndim == 0:
+            return a
+        return a.reshape(_split_axis(a.shape, batch_axis, groups))
+
+    reduce_axes = tuple(a + (a > batch_axis) for a in layout.reduce_axes if a != batch_axis)
+    reduce_axes = tuple(sorted(reduce_axes + (batch_axis + 1,)))
+    y, moments = normalize_train(
+        split(x), split(scale), split(bias), split(mask), reduce_axes, epsilon
+    )
+    count, mean, var = (jnp.broadcast_to(m, moments.mean.shape) for m in moments)
+    if unbiased:
+        var = var * (count / (count - 1))
+    valid = count > 0
+    groups_valid = jnp.sum(valid, axis=batch_axis, dtype=mean.dtype)
+    weights = jnp.where(valid, 1 / jnp.maximum(groups_valid, 1), jnp.zeros((), mean.dtype))
+
+    def average(values):
+        return jnp.sum(jnp.where(valid, values, 0) * weights, axis=batch_axis)
+
+    merged = Moments(jnp.sum(count, axis=batch_axis), average(mean), average(var))
+    return y.reshape(x.shape), merged
