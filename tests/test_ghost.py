@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from conftest import jit_batch_norm, random_array, random_params
 from flax import nnx
+from oracle import reference
 
 import bnjax
-from oracle import reference
 
 
 @pytest.mark.parametrize("unbiased", [False, True])
