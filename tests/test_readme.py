@@ -19,3 +19,4 @@ def test_readme_python_blocks_run():
     assert namespace["y"].shape == (32, 8, 8, 64)
     assert "first offending feature index: 3" in str(namespace["err"].get())
     assert namespace["model"].bn.use_running_average is True
+    assert namespace["y_mapped"].shape == namespace["y_global"].shape
