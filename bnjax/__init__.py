@@ -9,6 +9,7 @@ Public API:
 
 from . import nnx as nnx
 from ._core import batch_norm as batch_norm
+from ._core import batch_renorm as batch_renorm
 from ._core import init as init
 from ._types import BatchNormParams as BatchNormParams
 from ._types import BatchNormState as BatchNormState
@@ -16,4 +17,12 @@ from .linen import BatchNorm as BatchNorm
 
 __version__ = "0.1.0"
 
-__all__ = ["BatchNorm", "BatchNormParams", "BatchNormState", "batch_norm", "init", "nnx"]
+__all__ = [
+    "BatchNorm",
+    "BatchNormParams",
+    "BatchNormState",
+    "batch_norm",
+    "batch_renorm",
+    "init",
+    "nnx",
+]

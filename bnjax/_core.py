@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from . import _checks, _validate
 from ._ghost import check_virtual_batch_size, normalize_virtual_batches
+from ._renorm import check_renorm_limits, renorm_scale_and_bias
 from ._running import update_running_stats
 from ._stats import accumulation_dtype
 from ._transform import normalize_eval, normalize_train
@@ -160,6 +161,81 @@ def batch_norm(
       (2, 2)
 
     """
+    return _normalize(
+        x, params, state, train, axis=axis, momentum=momentum, epsilon=epsilon,
+        unbiased=unbiased, mask=mask, axis_name=axis_name, axis_index_groups=axis_index_groups,
+        virtual_batch_size=virtual_batch_size, check_values=check_values, renorm=None,
+    )  # fmt: skip
+
+
+def batch_renorm(
+    x: jax.Array,
+    params: BatchNormParams,
+    state: BatchNormState,
+    train: bool,
+    *,
+    r_max: float = 3.0,
+    d_max: float = 5.0,
+    axis: Union[int, Sequence[int]] = -1,
+    momentum: Optional[float] = 0.99,
+    epsilon: float = 1e-5,
+    unbiased: bool = False,
+    mask: Optional[jax.Array] = None,
+    axis_name=None,
+    axis_index_groups=None,
+    check_values: bool = False,
+) -> Tuple[jax.Array, BatchNormState]:
+    """Batch Renormalization (Ioffe, 2017), as a pure function.
+
+    Training computes ``y = γ·(x̂_B·r + d) + β`` with
+    ``r = clip(σ_B/σ, 1/r_max, r_max)`` and ``d = clip((μ_B − μ)/σ, −d_max, d_max)``,
+    where μ, σ² are the running statistics (σ = √(σ² + ε)) and μ_B, σ²_B the
+    batch's (σ_B = √(σ²_B + ε)); r and d are constants for the gradient. The
+    running statistics update as in ``batch_norm``; evaluation is
+    ``batch_norm``'s. ``r_max=1, d_max=0`` is exactly ``batch_norm``.
+
+    Args:
+      x: floating-point input with at least one dimension.
+      params: ``BatchNormParams`` from ``init``.
+      state: ``BatchNormState`` from ``init`` or a previous call.
+      train: static Python bool.
+      r_max: clip of r, >= 1.
+      d_max: clip of d, >= 0.
+      axis: the feature axis or axes.
+      momentum: as in ``batch_norm``.
+      epsilon: as in ``batch_norm``.
+      unbiased: as in ``batch_norm``.
+      mask: as in ``batch_norm``.
+      axis_name: as in ``batch_norm``.
+      axis_index_groups: as in ``batch_norm``.
+      check_values: as in ``batch_norm``.
+
+    Returns:
+      ``(y, new_state)`` as ``batch_norm``.
+
+    Examples:
+      >>> import jax.numpy as jnp, bnjax
+      >>> params, state = bnjax.init(1)
+      >>> x = jnp.array([[1.0], [3.0]])
+      >>> y, _ = bnjax.batch_renorm(x, params, state, True, r_max=1.0, d_max=0.0)
+      >>> y_bn, _ = bnjax.batch_norm(x, params, state, True)
+      >>> bool(jnp.array_equal(y, y_bn))
+      True
+    """
+    if train:
+        check_renorm_limits(r_max, d_max)
+    return _normalize(
+        x, params, state, train, axis=axis, momentum=momentum, epsilon=epsilon,
+        unbiased=unbiased, mask=mask, axis_name=axis_name, axis_index_groups=axis_index_groups,
+        virtual_batch_size=None, check_values=check_values, renorm=(r_max, d_max),
+    )  # fmt: skip
+
+
+def _normalize(
+    x, params, state, train, *, axis, momentum, epsilon, unbiased, mask, axis_name,
+    axis_index_groups, virtual_batch_size, check_values, renorm,
+):  # fmt: skip
+    """What ``batch_norm`` and ``batch_renorm`` share: checks, transform, running statistics."""
     train = _validate.check_train(train)
     _validate.check_config(momentum, epsilon, unbiased, axis_name, axis_index_groups)
     x = _validate.check_input(x)
@@ -175,11 +251,16 @@ def batch_norm(
     if check_values:
         _checks.check_input_values(x, layout.reduce_axes)
         _checks.check_running_stats(state.mean, state.var)
+    running_mean = _per_feature(state.mean, 0.0, layout, acc)
+    running_var = _per_feature(state.var, 1.0, layout, acc)
     if not train:
-        mean = _per_feature(state.mean, 0.0, layout, acc)
-        var = _per_feature(state.var, 1.0, layout, acc)
-        return normalize_eval(x, scale, bias, mean, var, epsilon), state
+        return normalize_eval(x, scale, bias, running_mean, running_var, epsilon), state
 
+    if renorm is not None:
+        scale, bias = renorm_scale_and_bias(
+            x, scale, bias, running_mean, running_var, mask, layout.reduce_axes, epsilon,
+            *renorm, axis_name, axis_index_groups,
+        )  # fmt: skip
     if virtual_batch_size is None:
         y, moments = normalize_train(
             x, scale, bias, mask, layout.reduce_axes, epsilon, axis_name, axis_index_groups

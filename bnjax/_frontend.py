@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _validate
-from ._core import batch_norm
+from ._core import batch_norm, batch_renorm
 from ._types import BatchNormParams, BatchNormState
 
 
@@ -104,20 +104,22 @@ def call_core(
     dtype,
     options: CoreOptions,
     mask: Optional[jax.Array] = None,
+    renorm: Optional[Tuple[float, float]] = None,
 ) -> Tuple[jax.Array, BatchNormState]:
     """Casts x to the computation dtype and runs ``batch_norm`` on module variables.
 
     ``count`` may be None (modes that do not store it); the returned state's
-    count is then meaningless.
+    count is then meaningless. ``renorm=(r_max, d_max)`` runs ``batch_renorm``.
     """
     x = jnp.asarray(x)
     x = x.astype(compute_dtype(x, dtype, scale, bias))
     state = BatchNormState(mean, var, jnp.zeros((), jnp.int32) if count is None else count)
-    return batch_norm(
-        x,
-        BatchNormParams(scale, bias),
-        state,
-        train,
-        mask=mask,
-        **options._asdict(),
+    kwargs = options._asdict()
+    if renorm is None:
+        return batch_norm(x, BatchNormParams(scale, bias), state, train, mask=mask, **kwargs)
+    if kwargs.pop("virtual_batch_size") is not None:
+        raise ValueError("renorm=True and virtual_batch_size cannot be combined")
+    r_max, d_max = renorm
+    return batch_renorm(
+        x, BatchNormParams(scale, bias), state, train, r_max=r_max, d_max=d_max, mask=mask, **kwargs
     )

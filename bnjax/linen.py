@@ -50,6 +50,9 @@ class BatchNorm(nn.Module):
       unbiased: the running variance receives m/(m−1)·σ²_B.
       virtual_batch_size: ghost batch norm, statistics per group of this many
         examples (see ``bnjax.batch_norm``).
+      renorm: Batch Renormalization in training (see ``bnjax.batch_renorm``).
+      r_max: clip of r when ``renorm``.
+      d_max: clip of d when ``renorm``.
       check_values: opt-in value checks (see ``bnjax.batch_norm``).
 
     Examples:
@@ -80,6 +83,9 @@ class BatchNorm(nn.Module):
     force_float32_reductions: bool = True
     unbiased: bool = False
     virtual_batch_size: Optional[int] = None
+    renorm: bool = False
+    r_max: float = 3.0
+    d_max: float = 5.0
     check_values: bool = False
 
     @nn.compact
@@ -149,6 +155,7 @@ class BatchNorm(nn.Module):
             self.dtype,
             options,
             mask,
+            (self.r_max, self.d_max) if self.renorm else None,
         )
         if train and not initializing:
             mean.value, var.value = new_state.mean, new_state.var

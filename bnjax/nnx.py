@@ -39,6 +39,9 @@ class BatchNorm(nnx.Module):
       unbiased: the running variance receives m/(m−1)·σ²_B.
       virtual_batch_size: ghost batch norm, statistics per group of this many
         examples (see ``bnjax.batch_norm``).
+      renorm: Batch Renormalization in training (see ``bnjax.batch_renorm``).
+      r_max: clip of r when ``renorm``.
+      d_max: clip of d when ``renorm``.
       check_values: opt-in value checks (see ``bnjax.batch_norm``).
       rngs: ``nnx.Rngs`` for the initializers.
 
@@ -73,6 +76,9 @@ class BatchNorm(nnx.Module):
         use_fast_variance: bool = True,
         unbiased: bool = False,
         virtual_batch_size: Optional[int] = None,
+        renorm: bool = False,
+        r_max: float = 3.0,
+        d_max: float = 5.0,
         check_values: bool = False,
         rngs: nnx.Rngs,
     ):
@@ -102,6 +108,9 @@ class BatchNorm(nnx.Module):
         self.use_fast_variance = use_fast_variance
         self.unbiased = unbiased
         self.virtual_batch_size = virtual_batch_size
+        self.renorm = renorm
+        self.r_max = r_max
+        self.d_max = d_max
         self.check_values = check_values
 
     def __call__(
@@ -147,6 +156,7 @@ class BatchNorm(nnx.Module):
             self.dtype,
             options,
             mask,
+            (self.r_max, self.d_max) if self.renorm else None,
         )
         if train:
             self.mean[...] = new_state.mean

@@ -1,0 +1,52 @@
+"""Batch Renormalization (Ioffe, 2017): the per-feature correction r, d.
+
+In training, y = γ·(x̂_B·r + d) + β with r = clip(σ_B/σ, 1/r_max, r_max) and
+d = clip((μ_B − μ)/σ, −d_max, d_max), σ = √(running var + ε),
+σ_B = √(σ²_B + ε); r and d are constants for the gradient. That is batch norm
+with scale γ·r and bias β + γ·d, so the transform, its differentiation rule
+and the running statistics are batch_norm's own.
+"""
+
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._stats import batch_moments
+
+
+def check_renorm_limits(r_max: float, d_max: float) -> None:
+    """r_max >= 1 and d_max >= 0 (r_max = 1, d_max = 0 is plain batch norm)."""
+    if not r_max >= 1.0:
+        raise ValueError(f"r_max must be >= 1, got {r_max=}")
+    if not d_max >= 0.0:
+        raise ValueError(f"d_max must be >= 0, got {d_max=}")
+
+
+def renorm_scale_and_bias(
+    x: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    running_mean: jax.Array,
+    running_var: jax.Array,
+    mask: Optional[jax.Array],
+    reduce_axes: Tuple[int, ...],
+    epsilon: float,
+    r_max: float,
+    d_max: float,
+    axis_name=None,
+    axis_index_groups=None,
+) -> Tuple[jax.Array, jax.Array]:
+    """Returns (γ·r, β + γ·d), with r and d under ``stop_gradient``.
+
+    All per-feature arguments broadcast against ``x`` and are in the
+    accumulation dtype. The batch moments computed here are the ones the
+    transform computes again; XLA merges the two.
+    """
+    moments = batch_moments(x, mask, reduce_axes, axis_name, axis_index_groups)
+    sigma = jnp.sqrt(running_var + epsilon)
+    r = jnp.clip(jnp.sqrt(moments.var + epsilon) / sigma, 1 / r_max, r_max)
+    d = jnp.clip((moments.mean - running_mean) / sigma, -d_max, d_max)
+    r, d = lax.stop_gradient(r), lax.stop_gradient(d)
+    return scale * r, bias + scale * d
