@@ -49,8 +49,12 @@ def normalize_eval(
     All per-feature arguments are broadcastable to ``x`` and already in the
     accumulation dtype; the result has ``x``'s dtype.
     """
-    weight = scale * lax.rsqrt(var + epsilon)
-    return (centered_product(x, mean, weight) + bias).astype(x.dtype)
+    return (centered_product(x, mean, scale_over_std(scale, var, epsilon)) + bias).astype(x.dtype)
+
+
+def scale_over_std(scale: jax.Array, var: jax.Array, epsilon: float) -> jax.Array:
+    """γ/√(σ² + ε), the per-feature factor of the normalization."""
+    return scale * lax.rsqrt(var + epsilon)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7))
@@ -125,7 +129,7 @@ def _train_tangent(
     dmean = sums[0] / count
     half_dvar = sums[1] / count  # mean of dx·(x − μ) = dσ²/2
     dinv_std = -jnp.square(inv_std) * inv_std * half_dvar
-    weight = scale * inv_std
+    weight = scale * inv_std  # = scale_over_std(scale, var, epsilon), reusing inv_std
     # Grouped so that the transpose needs exactly two reductions, Σdy and Σdy·(x − μ),
     # and, across devices, one all-reduce of both: the per-feature tangents meet the
     # per-device data at a single point.

@@ -14,6 +14,7 @@ from ._frontend import (
     feature_shape_of,
     resolve_use_running_average,
 )
+from ._population import COLLECTION, population_mode_active
 
 
 class BatchNorm(nn.Module):
@@ -108,37 +109,26 @@ class BatchNorm(nn.Module):
         Returns:
           The normalized input.
         """
-        use_running_average = resolve_use_running_average(
+        train = not resolve_use_running_average(
             self.use_running_average, use_running_average, call_overrides=False
         )
         feature_shape = feature_shape_of(x, self.axis)
-        if self.has_variable("batch_stats", "mean"):
-            check_feature_shape(self.get_variable("batch_stats", "mean").shape, x, self.axis)
-        mean = self.variable("batch_stats", "mean", jnp.zeros, feature_shape, jnp.float32)
-        var = self.variable("batch_stats", "var", jnp.ones, feature_shape, jnp.float32)
-        count = None
-        if self.momentum is None:
-            count = self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
+        initializing = self.is_initializing()
+        population = train and not initializing and population_mode_active()
+        mean, var, count = self._statistics(x, feature_shape, train and not initializing)
+        if population:  # fresh statistics that keep the exact average (precise BN)
+            mean, var, count = self._statistics(x, feature_shape, False, COLLECTION)
         scale = bias = None
         if self.use_scale:
             scale = self.param("scale", self.scale_init, feature_shape, self.param_dtype)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, feature_shape, self.param_dtype)
 
-        train = not use_running_average
-        initializing = self.is_initializing()
-        if train and not initializing and not self.is_mutable_collection("batch_stats"):
-            raise ValueError(
-                "bnjax.BatchNorm in training mode (use_running_average=False) updates the "
-                "'batch_stats' collection: call model.apply(variables, x, "
-                "mutable=['batch_stats']) and keep the returned statistics, or evaluate "
-                "with use_running_average=True"
-            )
         options = CoreOptions(
             axis=self.axis,
-            momentum=self.momentum,
+            momentum=None if population else self.momentum,
             epsilon=self.epsilon,
-            unbiased=self.unbiased,
+            unbiased=population or self.unbiased,
             axis_name=None if initializing else self.axis_name,
             axis_index_groups=None if initializing else self.axis_index_groups,
             virtual_batch_size=self.virtual_batch_size,
@@ -162,3 +152,26 @@ class BatchNorm(nn.Module):
             if count is not None:
                 count.value = new_state.count
         return y
+
+    def _statistics(self, x, feature_shape, updating: bool, collection: str = "batch_stats"):
+        """The (mean, var, count) variables of ``collection``; count only where needed.
+
+        ``batch_stats`` always exists (Flax's variable tree); it must be mutable
+        when ``updating``.
+        """
+        if collection == "batch_stats":
+            if self.has_variable(collection, "mean"):
+                check_feature_shape(self.get_variable(collection, "mean").shape, x, self.axis)
+            if updating and not self.is_mutable_collection(collection):
+                raise ValueError(
+                    "bnjax.BatchNorm in training mode (use_running_average=False) updates the "
+                    "'batch_stats' collection: call model.apply(variables, x, "
+                    "mutable=['batch_stats']) and keep the returned statistics, or evaluate "
+                    "with use_running_average=True"
+                )
+        mean = self.variable(collection, "mean", jnp.zeros, feature_shape, jnp.float32)
+        var = self.variable(collection, "var", jnp.ones, feature_shape, jnp.float32)
+        count = None
+        if self.momentum is None or collection != "batch_stats":
+            count = self.variable(collection, "count", jnp.zeros, (), jnp.int32)
+        return mean, var, count

@@ -8,6 +8,7 @@ from flax import nnx
 from flax.nnx import initializers
 
 from ._frontend import CoreOptions, call_core, check_feature_shape, resolve_use_running_average
+from ._population import iterate_batches
 
 
 class BatchNorm(nnx.Module):
@@ -164,3 +165,58 @@ class BatchNorm(nnx.Module):
             if self.count is not None:
                 self.count[...] = new_state.count
         return y
+
+
+def recompute_population_stats(model: nnx.Module, batches, *, progress: bool = True) -> None:
+    """Sets every ``bnjax.nnx.BatchNorm`` in ``model`` to population statistics, in place.
+
+    Runs ``model(batch)`` over the batches (compiled once) with every bnjax
+    BatchNorm layer in training mode, keeping the exact average of its batch
+    means and of its unbiased batch variances m/(m−1)·σ²_B (the core's
+    ``momentum=None, unbiased=True``); afterwards each layer's mode and
+    options are restored. Parameters are untouched; other layers (dropout, ...)
+    run in whatever mode they are in.
+
+    Args:
+      model: an NNX module containing ``bnjax.nnx.BatchNorm`` layers.
+      batches: an iterable of model inputs.
+      progress: show a tqdm progress bar.
+
+    Raises:
+      ValueError: for an empty iterable or a model without bnjax BatchNorm layers.
+
+    Examples:
+      >>> import jax.numpy as jnp, bnjax
+      >>> from flax import nnx
+      >>> bn = bnjax.nnx.BatchNorm(1, rngs=nnx.Rngs(0))
+      >>> batches = [jnp.array([[0.0], [2.0]]), jnp.array([[4.0], [6.0]])]
+      >>> bnjax.nnx.recompute_population_stats(bn, batches, progress=False)
+      >>> bn.mean[...], bn.var[...]  # means 1 and 5; unbiased variances 2 and 2
+      (Array([3.], dtype=float32), Array([2.], dtype=float32))
+    """
+    layers = [node for _, node in nnx.iter_graph(model) if isinstance(node, BatchNorm)]
+    if not layers:
+        raise ValueError(
+            f"recompute_population_stats found no bnjax.nnx.BatchNorm in {type(model).__name__}"
+        )
+    batches = iterate_batches(batches, progress, "population statistics")
+    saved = [(layer.use_running_average, layer.momentum, layer.unbiased, layer.count)
+             for layer in layers]  # fmt: skip
+    for layer in layers:
+        layer.use_running_average, layer.momentum, layer.unbiased = False, None, True
+        layer.count = nnx.BatchStat(jnp.zeros((), jnp.int32))
+        layer.mean[...] = jnp.zeros_like(layer.mean[...])
+        layer.var[...] = jnp.ones_like(layer.var[...])
+    step = nnx.jit(lambda model, batch: model(batch))
+    try:
+        for batch in batches:
+            step(model, batch)
+    finally:
+        for layer, (use_running_average, momentum, unbiased, count) in zip(
+            layers, saved, strict=True
+        ):
+            layer.use_running_average, layer.momentum, layer.unbiased = (
+                use_running_average, momentum, unbiased,
+            )  # fmt: skip
+            if momentum is not None:  # a layer that keeps the exact average keeps its new count
+                layer.count = count

@@ -1,0 +1,152 @@
+"""Population statistics (precise BN) and folding BN into the layer before it."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_array, random_params
+from flax import nnx
+from oracle import batch_stats
+
+import bnjax
+
+
+class TwoLayers(nn.Module):
+    @nn.compact
+    def __call__(self, x, train):
+        x = nn.Dense(4, use_bias=False)(x)
+        x = bnjax.BatchNorm(use_running_average=not train)(x)
+        x = nn.Dense(3)(jnp.tanh(x))
+        mask = jnp.arange(x.shape[0])[:, None] < x.shape[0] - 2  # the last two rows are padding
+        return bnjax.BatchNorm(use_running_average=not train, momentum=None)(x, mask=mask)
+
+
+BATCHES = [random_array((10, 5), seed=90 + i, loc=i, scale=1 + i) for i in range(4)]
+
+
+def expected_population(params, batches):
+    """Per layer, the average of batch means and of unbiased batch variances (float64)."""
+    means, variances = {0: [], 1: []}, {0: [], 1: []}
+    for x in batches:
+        h = np.asarray(x, np.float64) @ np.asarray(params["Dense_0"]["kernel"], np.float64)
+        count, mean, var = batch_stats(h)
+        means[0].append(mean.ravel())
+        variances[0].append((var * count / (count - 1)).ravel())
+        scale = np.asarray(params["BatchNorm_0"]["scale"], np.float64)
+        shift = np.asarray(params["BatchNorm_0"]["bias"], np.float64)
+        h = np.tanh((h - mean) / np.sqrt(var + 1e-5) * scale + shift)
+        h = h @ np.asarray(params["Dense_1"]["kernel"]) + np.asarray(params["Dense_1"]["bias"])
+        count, mean, var = batch_stats(h[:-2])
+        means[1].append(mean.ravel())
+        variances[1].append((var * count / (count - 1)).ravel())
+    return {i: (np.mean(means[i], 0), np.mean(variances[i], 0)) for i in (0, 1)}
+
+
+def test_linen_population_statistics_in_closed_form():
+    model = TwoLayers()
+    variables = model.init(jax.random.key(0), BATCHES[0], train=False)
+    # non-trivial parameters and statistics
+    variables = jax.tree.map(lambda v: v + 0.1 if v.dtype == jnp.float32 else v, variables)
+    new = bnjax.recompute_population_stats(model, variables, BATCHES, progress=False, train=True)
+    expected = expected_population(variables["params"], BATCHES)
+    for i in (0, 1):
+        stats = new["batch_stats"][f"BatchNorm_{i}"]
+        np.testing.assert_allclose(stats["mean"], expected[i][0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(stats["var"], expected[i][1], rtol=1e-5, atol=1e-5)
+    assert set(new["batch_stats"]["BatchNorm_0"]) == {"mean", "var"}  # the tree is unchanged
+    assert int(new["batch_stats"]["BatchNorm_1"]["count"]) == len(BATCHES)  # momentum=None
+    assert set(new) == set(variables)
+    jax.tree.map(np.testing.assert_array_equal, new["params"], variables["params"])
+
+
+def test_linen_errors():
+    model = TwoLayers()
+    variables = model.init(jax.random.key(0), BATCHES[0], train=False)
+    with pytest.raises(ValueError, match=r"needs at least one batch, got an empty iterable"):
+        bnjax.recompute_population_stats(model, variables, [], train=True)
+    with pytest.raises(ValueError, match=r"no bnjax\.BatchNorm layer ran in training mode"):
+        bnjax.recompute_population_stats(model, variables, BATCHES, progress=False, train=False)
+    dense = nn.Dense(3)
+    with pytest.raises(ValueError, match=r"no bnjax\.BatchNorm layer ran in training mode"):
+        bnjax.recompute_population_stats(
+            dense, dense.init(jax.random.key(0), BATCHES[0]), BATCHES, progress=False
+        )
+
+
+class NNXTwoLayers(nnx.Module):
+    def __init__(self, rngs):
+        self.dense = nnx.Linear(5, 4, use_bias=False, rngs=rngs)
+        self.bn = bnjax.nnx.BatchNorm(4, rngs=rngs)
+        self.out = nnx.Linear(4, 3, rngs=rngs)
+        self.bn_out = bnjax.nnx.BatchNorm(3, momentum=0.5, rngs=rngs)
+
+    def __call__(self, x):
+        return self.bn_out(self.out(jnp.tanh(self.bn(self.dense(x)))))
+
+
+def test_nnx_population_statistics_match_linen_math_and_restore_modes(capsys):
+    model = NNXTwoLayers(nnx.Rngs(0))
+    model.eval()
+    bnjax.nnx.recompute_population_stats(model, BATCHES, progress=True)
+    assert "population statistics" in capsys.readouterr().err  # the tqdm bar
+    params = {
+        "Dense_0": {"kernel": model.dense.kernel[...]},
+        "BatchNorm_0": {"scale": model.bn.scale[...], "bias": model.bn.bias[...]},
+        "Dense_1": {"kernel": model.out.kernel[...], "bias": model.out.bias[...]},
+    }
+    expected = expected_population(params, BATCHES)
+    np.testing.assert_allclose(model.bn.mean[...], expected[0][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.bn.var[...], expected[0][1], rtol=1e-5, atol=1e-5)
+    assert model.bn.use_running_average is True and model.bn_out.momentum == 0.5
+    assert model.bn.count is None and model.bn.unbiased is False
+    with pytest.raises(ValueError, match=r"found no bnjax\.nnx\.BatchNorm in Linear"):
+        bnjax.nnx.recompute_population_stats(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), BATCHES)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_fold_dense_and_conv_equal_linear_then_bn(use_bias):
+    params, state = random_params(6)
+    x = random_array((4, 5), seed=95)
+    dense = nn.Dense(6, use_bias=use_bias)
+    dense_vars = dense.init(jax.random.key(0), x)
+    expected = bnjax.batch_norm(dense.apply(dense_vars, x), params, state, False)[0]
+    kernel, bias = bnjax.fold_into_linear(
+        dense_vars["params"]["kernel"], dense_vars["params"].get("bias"), params, state
+    )
+    folded = nn.Dense(6).apply({"params": {"kernel": kernel, "bias": bias}}, x)
+    np.testing.assert_allclose(folded, expected, atol=1e-5)
+
+    images = random_array((2, 6, 6, 3), seed=96)
+    conv = nn.Conv(6, (3, 3), use_bias=use_bias)
+    conv_vars = conv.init(jax.random.key(1), images)
+    expected = bnjax.batch_norm(conv.apply(conv_vars, images), params, state, False)[0]
+    kernel, bias = bnjax.fold_into_linear(
+        conv_vars["params"]["kernel"], conv_vars["params"].get("bias"), params, state
+    )
+    folded = nn.Conv(6, (3, 3)).apply({"params": {"kernel": kernel, "bias": bias}}, images)
+    np.testing.assert_allclose(folded, expected, atol=1e-5)
+
+
+def test_fold_errors():
+    params, state = bnjax.init(3)
+    with pytest.raises(ValueError, match=r"params\.scale must have the feature shape of x, \(4,\)"):
+        bnjax.fold_into_linear(jnp.ones((2, 4)), None, params, state)
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\) .*got \(2,\)"):
+        bnjax.fold_into_linear(jnp.ones((2, 3)), jnp.ones(2), params, state)
+    with pytest.raises(ValueError, match=r"kernel must have shape \(\.\.\., in, out\), got \(3,\)"):
+        bnjax.fold_into_linear(jnp.ones(3), None, params, state)
+
+
+def test_eval_mode_is_differentiable_in_scale_and_bias_for_fine_tuning():
+    params, state = random_params(3)
+    x = random_array((6, 3), seed=97)
+
+    def loss(params):
+        return jnp.sum(bnjax.batch_norm(x, params, state, False)[0] ** 2)
+
+    grads = jax.grad(loss)(params)
+    xhat = (x - np.asarray(state.mean)) / np.sqrt(np.asarray(state.var) + 1e-5)
+    y = xhat * np.asarray(params.scale) + np.asarray(params.bias)
+    np.testing.assert_allclose(grads.scale, (2 * y * xhat).sum(0), rtol=1e-5)
+    np.testing.assert_allclose(grads.bias, (2 * y).sum(0), rtol=1e-5)
