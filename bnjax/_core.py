@@ -12,6 +12,7 @@ from ._running import update_running_stats
 from ._stats import accumulation_dtype
 from ._transform import normalize_eval, normalize_train
 from ._types import BatchNormParams, BatchNormState
+from ._validate import feature_shape_from
 
 
 def init(
@@ -26,7 +27,9 @@ def init(
     Args:
       num_features: the size of the feature axis, or a tuple of sizes for
         several feature axes (``axis=(1, 2)`` in ``batch_norm``).
-      dtype: floating dtype of the parameters and statistics.
+      dtype: floating dtype of the parameters; the statistics use it too but are
+        never narrower than float32 (in bfloat16, 0.99·old + 0.01·batch would
+        round small steps away).
       use_scale: whether to learn a scale γ (initialized to ones); when False
         ``params.scale`` is None and γ = 1.
       use_bias: whether to learn a bias β (initialized to zeros); when False
@@ -45,8 +48,8 @@ def init(
       Array(0, dtype=int32)
 
     """
-    shape = (num_features,) if isinstance(num_features, int) else tuple(num_features)
-    if not all(isinstance(n, int) and n >= 0 for n in shape):
+    shape = feature_shape_from(num_features)
+    if not all(n >= 0 for n in shape):
         raise ValueError(
             f"num_features must be a non-negative int or a tuple of them, got {num_features!r}"
         )
@@ -56,8 +59,11 @@ def init(
         scale=jnp.ones(shape, dtype) if use_scale else None,
         bias=jnp.zeros(shape, dtype) if use_bias else None,
     )
+    stats_dtype = accumulation_dtype(dtype)  # never narrower than float32
     state = BatchNormState(
-        mean=jnp.zeros(shape, dtype), var=jnp.ones(shape, dtype), count=jnp.zeros((), jnp.int32)
+        mean=jnp.zeros(shape, stats_dtype),
+        var=jnp.ones(shape, stats_dtype),
+        count=jnp.zeros((), jnp.int32),
     )
     return params, state
 

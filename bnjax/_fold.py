@@ -8,7 +8,6 @@ import jax.numpy as jnp
 from ._stats import accumulation_dtype
 from ._transform import scale_over_std
 from ._types import BatchNormParams, BatchNormState
-from ._validate import check_params_and_state, layout_of
 
 
 def fold_into_linear(
@@ -47,8 +46,14 @@ def fold_into_linear(
     kernel = jnp.asarray(kernel)
     if kernel.ndim < 2:
         raise ValueError(f"kernel must have shape (..., in, out), got {kernel.shape}")
-    layout = layout_of(jnp.zeros((1, kernel.shape[-1])), -1, train=False)
-    check_params_and_state(params, state, layout)
+    features = kernel.shape[-1]
+    for name, value in (("params.scale", params.scale), ("params.bias", params.bias),
+                        ("state.mean", state.mean), ("state.var", state.var)):  # fmt: skip
+        if value is not None and jnp.shape(value) != (features,):
+            raise ValueError(
+                f"{name} must have shape ({features},), the kernel's output features "
+                f"(kernel.shape={kernel.shape}), got {jnp.shape(value)}"
+            )
     if bias is not None and jnp.shape(bias) != (kernel.shape[-1],):
         raise ValueError(
             f"bias must have shape ({kernel.shape[-1]},) (kernel's output features), "

@@ -73,24 +73,26 @@ def check_feature_shape(expected: Tuple[int, ...], x: jax.Array, axis) -> None:
         )
 
 
-def compute_dtype(x: jax.Array, dtype, *params: Optional[jax.Array]):
-    """Flax's rule: ``dtype`` when given, else the promotion of x and the parameters.
-
-    Written out for floating dtypes (the widest wins; two different ones of the
-    same width, bfloat16 and float16, give float32) so that it also holds under
-    ``jax_numpy_dtype_promotion="strict"``. Non-floating x is left to the core,
-    which rejects it.
-    """
-    x_dtype = jnp.asarray(x).dtype
-    if dtype is not None:
-        return jnp.dtype(dtype)
-    if not jnp.issubdtype(x_dtype, jnp.floating):
-        return x_dtype
-    dtypes = [x_dtype] + [jnp.dtype(p.dtype) for p in params if p is not None]
+def _widest(dtypes) -> jnp.dtype:
+    """The widest floating dtype; two different ones of the same width give float32."""
     widest = max(dtypes, key=lambda d: d.itemsize)
     if any(d.itemsize == widest.itemsize and d != widest for d in dtypes):
         return jnp.dtype(jnp.float32)
     return widest
+
+
+def output_dtype(x: jax.Array, dtype, *promoted_with: Optional[jax.Array]) -> jnp.dtype:
+    """Flax's rule: ``dtype`` when given, else x promoted with the given variables.
+
+    Written out for floating dtypes so that it also holds under
+    ``jax_numpy_dtype_promotion="strict"``; non-floating x (ints) is promoted
+    like Flax does, to the variables' floating dtype.
+    """
+    if dtype is not None:
+        return jnp.dtype(dtype)
+    dtypes = [jnp.dtype(v.dtype) for v in (x, *promoted_with) if v is not None]
+    floats = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
+    return _widest(floats) if floats else jnp.dtype(jnp.float32)
 
 
 def call_core(
@@ -105,21 +107,32 @@ def call_core(
     options: CoreOptions,
     mask: Optional[jax.Array] = None,
     renorm: Optional[Tuple[float, float]] = None,
+    promote_with_statistics: bool = False,
 ) -> Tuple[jax.Array, BatchNormState]:
     """Casts x to the computation dtype and runs ``batch_norm`` on module variables.
 
     ``count`` may be None (modes that do not store it); the returned state's
     count is then meaningless. ``renorm=(r_max, d_max)`` runs ``batch_renorm``.
+    The output dtype follows Flax: ``dtype``, else x promoted with scale and
+    bias (linen) or also with the statistics (NNX, ``promote_with_statistics``).
     """
     x = jnp.asarray(x)
-    x = x.astype(compute_dtype(x, dtype, scale, bias))
+    promoted_with = (scale, bias, mean, var) if promote_with_statistics else (scale, bias)
+    out_dtype = output_dtype(x, dtype, *promoted_with)
+    # The statistics come from x itself (or x widened to the output dtype), as in Flax;
+    # a narrower output dtype only rounds the result.
+    x_is_float = jnp.issubdtype(x.dtype, jnp.floating)
+    x = x.astype(_widest([out_dtype, x.dtype]) if x_is_float else out_dtype)
     state = BatchNormState(mean, var, jnp.zeros((), jnp.int32) if count is None else count)
     kwargs = options._asdict()
+    params = BatchNormParams(scale, bias)
     if renorm is None:
-        return batch_norm(x, BatchNormParams(scale, bias), state, train, mask=mask, **kwargs)
-    if kwargs.pop("virtual_batch_size") is not None:
-        raise ValueError("renorm=True and virtual_batch_size cannot be combined")
-    r_max, d_max = renorm
-    return batch_renorm(
-        x, BatchNormParams(scale, bias), state, train, r_max=r_max, d_max=d_max, mask=mask, **kwargs
-    )
+        y, new_state = batch_norm(x, params, state, train, mask=mask, **kwargs)
+    else:
+        if kwargs.pop("virtual_batch_size") is not None:
+            raise ValueError("renorm=True and virtual_batch_size cannot be combined")
+        r_max, d_max = renorm
+        y, new_state = batch_renorm(
+            x, params, state, train, r_max=r_max, d_max=d_max, mask=mask, **kwargs
+        )
+    return y.astype(out_dtype), new_state

@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._stats import Moments
 from ._transform import normalize_train
@@ -27,7 +28,7 @@ def check_virtual_batch_size(size: Optional[int], x: jax.Array, layout: Layout, 
     """Raises unless ``size`` divides the batch axis of ``x`` (the first reduced axis)."""
     if size is None:
         return
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"virtual_batch_size must be a positive int or None, got {size!r}")
     if axis_name is not None:
         raise ValueError(
@@ -74,7 +75,7 @@ def normalize_virtual_batches(
       elements.
     """
     batch_axis = layout.reduce_axes[0]
-    groups = x.shape[batch_axis] // size
+    groups = x.shape[batch_axis] // int(size)
 
     def split(a):
         if a is None or a.ndim == 0:
@@ -90,7 +91,7 @@ def normalize_virtual_batches(
     if unbiased:
         var = var * (count / (count - 1))
     valid = count > 0
-    groups_valid = jnp.sum(valid, axis=batch_axis, dtype=mean.dtype)
+    groups_valid = jnp.sum(valid, axis=batch_axis, keepdims=True, dtype=mean.dtype)
     weights = jnp.where(valid, 1 / jnp.maximum(groups_valid, 1), jnp.zeros((), mean.dtype))
 
     def average(values):

@@ -4,7 +4,7 @@ from typing import Optional
 
 import jax.numpy as jnp
 
-from ._stats import Moments
+from ._stats import Moments, accumulation_dtype
 from ._types import BatchNormState
 
 
@@ -23,9 +23,9 @@ def update_running_stats(
     batch variance enters as m/(m−1)·σ²_B, m the number of elements that
     entered the statistics.
 
-    A batch whose statistics are not all finite (NaN/Inf in x, an unbiased
-    variance of a single element) or that has no valid element leaves the
-    whole state as it was.
+    A batch with a feature whose statistics are not finite (NaN/Inf in x, an
+    unbiased variance of a single element) or that has no valid element
+    leaves the whole state as it was: every feature and ``count``.
 
     Args:
       state: the running statistics before this batch.
@@ -38,7 +38,9 @@ def update_running_stats(
       The new ``BatchNormState``.
 
     """
-    dtype = state.mean.dtype
+    # At least float32 arithmetic whatever the state's dtype: in bfloat16, 0.99·old +
+    # 0.01·batch rounds small steps away. The result is stored in the state's dtype.
+    dtype = accumulation_dtype(state.mean.dtype)
     count = jnp.broadcast_to(batch.count, batch.mean.shape).reshape(feature_shape)
     mean = batch.mean.reshape(feature_shape)
     var = batch.var.reshape(feature_shape)
@@ -50,8 +52,8 @@ def update_running_stats(
         keep, weight = seen / (seen + 1), 1 / (seen + 1)
     else:
         keep, weight = jnp.asarray(momentum, dtype), jnp.asarray(1.0 - momentum, dtype)
-    new_mean = keep * state.mean + weight * mean
-    new_var = keep * state.var + weight * var
+    new_mean = (keep * state.mean.astype(dtype) + weight * mean).astype(state.mean.dtype)
+    new_var = (keep * state.var.astype(dtype) + weight * var).astype(state.var.dtype)
     ok = jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(var)) & jnp.all(count > 0)
     return BatchNormState(
         mean=jnp.where(ok, new_mean, state.mean),

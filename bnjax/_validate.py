@@ -27,6 +27,19 @@ class Layout(NamedTuple):
     broadcast_shape: Tuple[int, ...]  # feature sizes on feature axes, 1 elsewhere
 
 
+def feature_shape_from(num_features) -> Tuple[int, ...]:
+    """``num_features`` (an int or a sequence of ints) as a shape tuple."""
+    if isinstance(num_features, (int, np.integer)) and not isinstance(num_features, bool):
+        return (int(num_features),)
+    if isinstance(num_features, (tuple, list)) and all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in num_features
+    ):
+        return tuple(int(n) for n in num_features)
+    raise ValueError(
+        f"num_features must be a non-negative int or a tuple of them, got {num_features!r}"
+    )
+
+
 def check_config(
     momentum: Optional[float], epsilon: float, unbiased: bool, axis_name, axis_index_groups
 ) -> None:
@@ -89,7 +102,12 @@ def check_input(x) -> jax.Array:
 
 def canonical_axes(axis: Axis, ndim: int, shape: Tuple[int, ...]) -> Tuple[int, ...]:
     """Returns sorted non-negative feature axes, or raises for a bad ``axis``."""
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    if isinstance(axis, (int, np.integer)):
+        axes = (axis,)
+    elif isinstance(axis, (tuple, list)):
+        axes = tuple(axis)
+    else:
+        raise TypeError(f"axis must be an int or a tuple of ints, got {axis!r}")
     result = []
     for a in axes:
         if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
@@ -154,6 +172,12 @@ def check_params_and_state(params, state, layout: Layout) -> None:
     check_vector(params.bias, "params.bias", layout)
     check_vector(state.mean, "state.mean", layout)
     check_vector(state.var, "state.var", layout)
+    count_dtype = getattr(state.count, "dtype", None)
+    if count_dtype is None or not jnp.issubdtype(count_dtype, jnp.integer):
+        raise TypeError(
+            "state.count must be an integer array (int32 scalar, as bnjax.init makes), got "
+            f"{state.count!r}"
+        )
     chex.assert_shape(
         state.count,
         (),

@@ -36,9 +36,10 @@ class BatchNorm(nn.Module):
         None keeps the exact average over all batches (then
         ``batch_stats/count`` is stored too).
       epsilon: added to the variance.
-      dtype: the computation and output dtype; None promotes x with the
-        parameters, as Flax does. ``jnp.bfloat16`` computes in bfloat16 with
-        float32 statistics.
+      dtype: the output dtype; None promotes x with the parameters, as Flax
+        does. The statistics always come from x in at least float32, so
+        ``jnp.bfloat16`` with float32 input gives Flax's numbers rounded to
+        bfloat16.
       param_dtype: dtype of scale and bias.
       use_bias: whether to learn β.
       use_scale: whether to learn γ.
@@ -131,7 +132,7 @@ class BatchNorm(nn.Module):
             unbiased=population or self.unbiased,
             axis_name=None if initializing else self.axis_name,
             axis_index_groups=None if initializing else self.axis_index_groups,
-            virtual_batch_size=self.virtual_batch_size,
+            virtual_batch_size=None if initializing else self.virtual_batch_size,
             check_values=self.check_values,
         )
         y, new_state = call_core(
@@ -157,11 +158,19 @@ class BatchNorm(nn.Module):
         """The (mean, var, count) variables of ``collection``; count only where needed.
 
         ``batch_stats`` always exists (Flax's variable tree); it must be mutable
-        when ``updating``.
+        when ``updating``. ``count`` (``momentum=None``) is created and read in
+        training only, so a checkpoint without it evaluates.
         """
+        initializing = self.is_initializing()
         if collection == "batch_stats":
             if self.has_variable(collection, "mean"):
                 check_feature_shape(self.get_variable(collection, "mean").shape, x, self.axis)
+            elif not initializing and not self.is_mutable_collection(collection):
+                raise ValueError(
+                    "bnjax.BatchNorm found no 'batch_stats' in the variables: pass all the "
+                    "variables that init returned (params and batch_stats), e.g. "
+                    "model.apply(variables, x), not model.apply({'params': params}, x)"
+                )
             if updating and not self.is_mutable_collection(collection):
                 raise ValueError(
                     "bnjax.BatchNorm in training mode (use_running_average=False) updates the "
@@ -171,7 +180,7 @@ class BatchNorm(nn.Module):
                 )
         mean = self.variable(collection, "mean", jnp.zeros, feature_shape, jnp.float32)
         var = self.variable(collection, "var", jnp.ones, feature_shape, jnp.float32)
-        count = None
-        if self.momentum is None or collection != "batch_stats":
+        count = None  # kept only where the exact average needs it, and read only in training
+        if collection != "batch_stats" or (self.momentum is None and (updating or initializing)):
             count = self.variable(collection, "count", jnp.zeros, (), jnp.int32)
         return mean, var, count

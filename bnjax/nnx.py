@@ -1,6 +1,7 @@
 """``bnjax.nnx.BatchNorm``: batch normalization as a ``flax.nnx`` module."""
 
-from typing import Any, Optional, Sequence, Union
+from types import MappingProxyType
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ from flax.nnx import initializers
 
 from ._frontend import CoreOptions, call_core, check_feature_shape, resolve_use_running_average
 from ._population import iterate_batches
+from ._validate import feature_shape_from
 
 
 class BatchNorm(nnx.Module):
@@ -45,6 +47,8 @@ class BatchNorm(nnx.Module):
       d_max: clip of d when ``renorm``.
       check_values: opt-in value checks (see ``bnjax.batch_norm``).
       rngs: ``nnx.Rngs`` for the initializers.
+      bias_metadata: metadata of the bias ``nnx.Param``.
+      scale_metadata: metadata of the scale ``nnx.Param``.
 
     Examples:
       >>> import jax.numpy as jnp, bnjax
@@ -82,19 +86,19 @@ class BatchNorm(nnx.Module):
         d_max: float = 5.0,
         check_values: bool = False,
         rngs: nnx.Rngs,
+        bias_metadata: Mapping[str, Any] = MappingProxyType({}),
+        scale_metadata: Mapping[str, Any] = MappingProxyType({}),
     ):
-        shape = (num_features,) if isinstance(num_features, int) else tuple(num_features)
+        shape = feature_shape_from(num_features)
         self.mean = nnx.BatchStat(jnp.zeros(shape, jnp.float32))
         self.var = nnx.BatchStat(jnp.ones(shape, jnp.float32))
         self.count = nnx.BatchStat(jnp.zeros((), jnp.int32)) if momentum is None else nnx.data(None)
-        self.scale = (
-            nnx.Param(scale_init(rngs.params(), shape, param_dtype))
-            if use_scale
-            else nnx.data(None)
-        )
-        self.bias = (
-            nnx.Param(bias_init(rngs.params(), shape, param_dtype)) if use_bias else nnx.data(None)
-        )
+        self.scale = nnx.data(None)
+        if use_scale:
+            self.scale = nnx.Param(scale_init(rngs.params(), shape, param_dtype), **scale_metadata)
+        self.bias = nnx.data(None)
+        if use_bias:
+            self.bias = nnx.Param(bias_init(rngs.params(), shape, param_dtype), **bias_metadata)
         self.num_features = num_features
         self.use_running_average = use_running_average
         self.axis = axis
@@ -136,6 +140,11 @@ class BatchNorm(nnx.Module):
             self.use_running_average, use_running_average, call_overrides=True
         )
         check_feature_shape(self.mean.shape, x, self.axis)
+        if train and self.momentum is None and self.count is None:
+            raise ValueError(
+                "momentum=None keeps an exact average and needs a count: create the layer "
+                "with bnjax.nnx.BatchNorm(..., momentum=None) instead of setting it later"
+            )
         options = CoreOptions(
             axis=self.axis,
             momentum=self.momentum,
@@ -158,6 +167,7 @@ class BatchNorm(nnx.Module):
             options,
             mask,
             (self.r_max, self.d_max) if self.renorm else None,
+            promote_with_statistics=True,
         )
         if train:
             self.mean[...] = new_state.mean
@@ -165,6 +175,15 @@ class BatchNorm(nnx.Module):
             if self.count is not None:
                 self.count[...] = new_state.count
         return y
+
+    def set_view(self, use_running_average: Optional[bool] = None):
+        """Used by ``nnx.view`` (as in ``flax.nnx.BatchNorm``).
+
+        Args:
+          use_running_average: if given, the mode of the view.
+        """
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
 
 
 def recompute_population_stats(model: nnx.Module, batches, *, progress: bool = True) -> None:

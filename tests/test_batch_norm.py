@@ -62,7 +62,8 @@ def test_momentum_and_unbiased(momentum, unbiased):
 def test_init_state_and_disabled_params():
     params, state = bnjax.init((2, 3), use_scale=False, use_bias=False, dtype=jnp.bfloat16)
     assert params == bnjax.BatchNormParams(None, None)
-    assert state.mean.shape == (2, 3) and state.mean.dtype == jnp.bfloat16
+    assert params == bnjax.BatchNormParams(None, None)
+    assert state.mean.shape == (2, 3) and state.mean.dtype == jnp.float32  # never narrower
     np.testing.assert_array_equal(state.mean, np.zeros((2, 3)))
     np.testing.assert_array_equal(state.var, np.ones((2, 3)))
     assert state.count.dtype == jnp.int32 and int(state.count) == 0
@@ -179,3 +180,15 @@ def test_float64_input_accumulates_in_float64():
         y_ref, mean_ref, var_ref = reference(x, None, None, state.mean, state.var, True)
         np.testing.assert_allclose(y, y_ref, atol=1e-6)
         np.testing.assert_allclose(new_state.var, var_ref.ravel(), rtol=1e-9)
+
+
+def test_running_statistics_of_low_precision_params_keep_float32_accuracy():
+    params, state = bnjax.init(3, dtype=jnp.bfloat16)
+    assert params.scale.dtype == jnp.bfloat16 and state.mean.dtype == jnp.float32
+    x = jnp.asarray(random_array((64, 3), seed=11, loc=5.0, scale=2.0))
+    step = jax.jit(lambda state: bnjax.batch_norm(x, params, state, True)[1])
+    for _ in range(600):
+        state = step(state)
+    _, mean_ref, _ = reference(x, None, None, None, None, True, momentum=0.0)
+    expected = (1 - 0.99**600) * mean_ref.ravel()  # closed form from mean 0
+    np.testing.assert_allclose(state.mean, expected, rtol=1e-4)

@@ -85,3 +85,19 @@ def test_modules_forward_virtual_batch_size():
     np.testing.assert_allclose(y_linen, y_core, atol=1e-6)
     np.testing.assert_allclose(y_nnx, y_core, atol=1e-6)
     assert isinstance(bn, nn.Module)
+
+
+def test_batch_axis_after_the_feature_axis_with_a_per_feature_mask():
+    x = random_array((3, 8), seed=74, loc=1.0)  # features on axis 0, batch on axis 1
+    mask = np.random.default_rng(75).random((3, 8)) < 0.7
+    mask[:, [0, 4]] = True  # every group of four has a valid element per feature
+    params, state = random_params(3)
+    y, new_state = jit_batch_norm(x, params, state, True, axis=0, mask=mask,
+                                  virtual_batch_size=4, momentum=0.0)  # fmt: skip
+    refs = [reference(x[:, i : i + 4], params.scale, params.bias, state.mean, state.var, True,
+                      axis=0, mask=mask[:, i : i + 4], momentum=0.0) for i in (0, 4)]  # fmt: skip
+    np.testing.assert_allclose(y, np.concatenate([r[0] for r in refs], axis=1), atol=3e-5)
+    np.testing.assert_allclose(new_state.mean, np.mean([r[1] for r in refs], 0).ravel(),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(new_state.var, np.mean([r[2] for r in refs], 0).ravel(),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip

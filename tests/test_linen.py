@@ -272,3 +272,27 @@ def test_nn_scan_over_stacked_layers():
         (h, _), up = DenseBN().apply(layer_vars, h, None, mutable=["batch_stats"])
         chex.assert_trees_all_close(jax.tree.map(lambda v, i=i: v[i], updates), up, atol=1e-6)
     np.testing.assert_allclose(y, h, atol=1e-5)
+
+
+def test_flax_checkpoint_evaluates_with_momentum_none_and_missing_stats_are_named():
+    x = random_array((8, 3), seed=45)
+    flax_vars = nn.BatchNorm(use_running_average=True).init(jax.random.key(0), x)
+    y = bnjax.BatchNorm(use_running_average=True, momentum=None).apply(flax_vars, x)
+    np.testing.assert_allclose(y, nn.BatchNorm(use_running_average=True).apply(flax_vars, x))
+    with pytest.raises(ValueError, match=r"found no 'batch_stats' in the variables"):
+        bnjax.BatchNorm(use_running_average=True).apply({"params": flax_vars["params"]}, x)
+
+
+def test_init_skips_training_only_checks_and_bfloat16_output_uses_float32_statistics():
+    x = random_array((1, 3), seed=46)
+    bnjax.BatchNorm(use_running_average=False, virtual_batch_size=4).init(jax.random.key(0), x)
+    x = random_array((16, 3), seed=47, loc=300.0)
+    ours = bnjax.BatchNorm(use_running_average=False, dtype=jnp.bfloat16)
+    theirs = nn.BatchNorm(use_running_average=False, dtype=jnp.bfloat16)
+    with jax.numpy_dtype_promotion("standard"):  # Flax's own bfloat16 path needs it
+        variables = theirs.init(jax.random.key(0), x)
+        y_theirs, _ = theirs.apply(variables, x, mutable=["batch_stats"])
+    y_ours, _ = ours.apply(variables, x, mutable=["batch_stats"])
+    assert y_ours.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y_ours, np.float32), np.asarray(y_theirs, np.float32),
+                               atol=0.05)  # fmt: skip

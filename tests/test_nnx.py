@@ -1,6 +1,7 @@
 """bnjax.nnx.BatchNorm against flax.nnx.BatchNorm, and inside NNX training."""
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -149,3 +150,20 @@ def test_nnx_vmap_ensemble_eval_shape_and_scan():
     h = run(stack, jnp.asarray(random_array((8, 4), seed=63)))
     assert h.shape == (8, 4) and stack.bn.mean.shape == (3, 4)
     assert np.all(np.asarray(stack.bn.mean[...]) != 0)
+
+
+def test_view_output_dtype_and_late_momentum_none():
+    bn = bnjax.nnx.BatchNorm(2, rngs=nnx.Rngs(0))
+    x = random_array((5, 2), loc=3.0)
+    view = nnx.view(bn, use_running_average=True)
+    view(x)
+    np.testing.assert_array_equal(bn.mean[...], np.zeros(2))  # the eval view updates nothing
+    half = bnjax.nnx.BatchNorm(2, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    theirs = nnx.BatchNorm(2, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    xb = jnp.asarray(x).astype(jnp.bfloat16)
+    with jax.numpy_dtype_promotion("standard"):  # Flax's own bfloat16 path needs it
+        theirs_dtype = theirs(xb).dtype
+    assert half(xb).dtype == theirs_dtype == jnp.float32  # promoted with the statistics
+    bn.momentum = None
+    with pytest.raises(ValueError, match=r"momentum=None keeps an exact average and needs a count"):
+        bn(x)

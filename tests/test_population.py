@@ -130,7 +130,11 @@ def test_fold_dense_and_conv_equal_linear_then_bn(use_bias):
 
 def test_fold_errors():
     params, state = bnjax.init(3)
-    with pytest.raises(ValueError, match=r"params\.scale must have the feature shape of x, \(4,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"params\.scale must have shape \(4,\), the kernel's output "
+        r"features \(kernel\.shape=\(2, 4\)\), got \(3,\)",
+    ):
         bnjax.fold_into_linear(jnp.ones((2, 4)), None, params, state)
     with pytest.raises(ValueError, match=r"bias must have shape \(3,\) .*got \(2,\)"):
         bnjax.fold_into_linear(jnp.ones((2, 3)), jnp.ones(2), params, state)

@@ -82,6 +82,17 @@ def call(x=X, params=PARAMS, state=STATE, train=True, **kwargs):
         ),
         (dict(params={"scale": 1}), TypeError, r"params must be a bnjax\.BatchNormParams"),
         (dict(axis_index_groups=[[0]]), ValueError, r"axis_index_groups needs axis_name"),
+        (dict(axis=1.0), TypeError, r"axis must be an int or a tuple of ints, got 1\.0"),
+        (
+            dict(state=STATE._replace(count=3)),
+            TypeError,
+            r"state\.count must be an integer array \(int32 scalar, as bnjax\.init makes\), got 3",
+        ),
+        (
+            dict(state=STATE._replace(count=jnp.float32(3.5))),
+            TypeError,
+            r"state\.count must be an integer array",
+        ),
     ],
     ids=lambda v: None,
 )
@@ -107,6 +118,18 @@ def test_empty_batch_is_fine_in_eval():
 def test_errors_are_raised_at_trace_time_under_jit():
     with pytest.raises(ValueError, match="params.scale must have the feature shape"):
         jax.jit(lambda x: call(x=x))(random_array((8, 5)))
+
+
+def test_numpy_integers_are_accepted():
+    params, state = bnjax.init(np.int64(4))
+    assert state.mean.shape == (4,)
+    y, _ = bnjax.batch_norm(X, params, state, True, virtual_batch_size=np.int64(4))
+    assert y.shape == X.shape
+
+
+def test_renorm_limits_must_be_numbers():
+    with pytest.raises(TypeError, match=r"r_max must be a Python float, got '3'"):
+        bnjax.batch_renorm(X, PARAMS, STATE, True, r_max="3")
 
 
 def test_init_rejects_bad_arguments():
