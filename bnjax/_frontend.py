@@ -27,6 +27,30 @@ class CoreOptions(NamedTuple):
     check_values: bool
 
 
+def core_options(module, *, initializing: bool = False, population: bool = False) -> CoreOptions:
+    """The ``batch_norm`` options held by a module's attributes (linen or NNX).
+
+    Args:
+      module: a bnjax BatchNorm module.
+      initializing: linen's init, which runs without cross-device axes and
+        virtual batches (it never uses the statistics).
+      population: precise-BN mode: the exact average with unbiased variances.
+
+    Returns:
+      The ``CoreOptions``.
+    """
+    return CoreOptions(
+        axis=module.axis,
+        momentum=None if population else module.momentum,
+        epsilon=module.epsilon,
+        unbiased=population or module.unbiased,
+        axis_name=None if initializing else module.axis_name,
+        axis_index_groups=None if initializing else module.axis_index_groups,
+        virtual_batch_size=None if initializing else module.virtual_batch_size,
+        check_values=module.check_values,
+    )
+
+
 def resolve_use_running_average(
     attribute: Optional[bool], argument: Optional[bool], *, call_overrides: bool
 ) -> bool:

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 from flax.linen import initializers
 
 from ._frontend import (
-    CoreOptions,
     call_core,
     check_feature_shape,
+    core_options,
     feature_shape_of,
     resolve_use_running_average,
 )
@@ -125,16 +125,7 @@ class BatchNorm(nn.Module):
         if self.use_bias:
             bias = self.param("bias", self.bias_init, feature_shape, self.param_dtype)
 
-        options = CoreOptions(
-            axis=self.axis,
-            momentum=None if population else self.momentum,
-            epsilon=self.epsilon,
-            unbiased=population or self.unbiased,
-            axis_name=None if initializing else self.axis_name,
-            axis_index_groups=None if initializing else self.axis_index_groups,
-            virtual_batch_size=None if initializing else self.virtual_batch_size,
-            check_values=self.check_values,
-        )
+        options = core_options(self, initializing=initializing, population=population)
         y, new_state = call_core(
             x,
             scale,

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx import initializers
 
-from ._frontend import CoreOptions, call_core, check_feature_shape, resolve_use_running_average
+from ._frontend import call_core, check_feature_shape, core_options, resolve_use_running_average
 from ._population import iterate_batches
 from ._validate import feature_shape_from
 
@@ -145,16 +145,7 @@ class BatchNorm(nnx.Module):
                 "momentum=None keeps an exact average and needs a count: create the layer "
                 "with bnjax.nnx.BatchNorm(..., momentum=None) instead of setting it later"
             )
-        options = CoreOptions(
-            axis=self.axis,
-            momentum=self.momentum,
-            epsilon=self.epsilon,
-            unbiased=self.unbiased,
-            axis_name=self.axis_name,
-            axis_index_groups=self.axis_index_groups,
-            virtual_batch_size=self.virtual_batch_size,
-            check_values=self.check_values,
-        )
+        options = core_options(self)
         y, new_state = call_core(
             x,
             None if self.scale is None else self.scale[...],
