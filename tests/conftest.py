@@ -1,12 +1,21 @@
 """Shared test configuration: strict dtype promotion and shared compiled functions."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import bnjax
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+# The suite draws the same examples on every run (a red CI names a real regression);
+# HYPOTHESIS_PROFILE=explore draws many fresh ones to look for new failures.
+settings.register_profile("default", max_examples=25, deadline=None, derandomize=True)
+settings.register_profile("explore", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 STATIC = (
     "train",

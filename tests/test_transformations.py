@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from conftest import jit_batch_norm, random_array, random_params
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from oracle import reference
+from oracle import batch_stats, reference
 
 import bnjax
 
@@ -60,7 +60,6 @@ def test_vmap_over_an_ensemble_keeps_members_independent():
         chex.assert_trees_all_close(jax.tree.map(lambda s, i=i: s[i], new_states), state_i)
 
 
-@settings(max_examples=25, deadline=None)
 @given(
     shape=st.lists(st.integers(1, 4), min_size=1, max_size=4),
     data=st.data(),
@@ -82,8 +81,14 @@ def test_property_random_shapes_and_axes(shape, data):
     y_ref, mean_ref, var_ref = reference(
         x, params.scale, params.bias, state.mean, state.var, train, axis=axis
     )
-    np.testing.assert_allclose(
-        np.asarray(y, np.float64), y_ref, atol=2e-3 if loc else 5e-5, rtol=1e-4
-    )
+    atol = 2e-3 if loc else 5e-5
+    if train:
+        # A float32 mean is exact to half an ulp of |μ|, and y carries that error times γ/σ:
+        # at |μ|/σ ~ 1e5 (two nearly equal values at -3e3) no float32 mean does better.
+        _, mean, var = batch_stats(x, axis=axis)
+        scale = np.abs(np.asarray(params.scale, np.float64)).reshape(mean.shape)
+        atol = atol + scale * np.finfo(np.float32).eps * np.abs(mean) / np.sqrt(var + 1e-5)
+    error = np.abs(np.asarray(y, np.float64) - y_ref)
+    np.testing.assert_array_less(error, atol + 1e-4 * np.abs(y_ref))
     np.testing.assert_allclose(new_state.mean, mean_ref.reshape(features), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(new_state.var, var_ref.reshape(features), rtol=1e-4, atol=1e-5)
