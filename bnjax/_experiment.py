@@ -1,0 +1,187 @@
+"""The experiment of Ioffe & Szegedy (2015), Figure 1, and its variations.
+
+A network of fully connected hidden layers (3 × 100 sigmoid units in the
+paper) trained with plain SGD on mini-batches of 60, with and without batch
+norm before each nonlinearity, from the same small random Gaussian
+initialization. Along training it records the test accuracy (Fig. 1a) and the
+15th, 50th and 85th percentiles over the test set of the input to one sigmoid
+of the last hidden layer (Fig. 1b, c). The whole run between two records is one
+compiled ``lax.scan``.
+"""
+
+import math
+from typing import Dict, NamedTuple, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from ._data import Dataset
+from .linen import BatchNorm
+
+ACTIVATIONS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "tanh": nn.tanh}
+PERCENTILES = (15, 50, 85)
+
+
+class ExperimentConfig(NamedTuple):
+    """One training run of the Figure 1 network.
+
+    Attributes:
+      batch_norm: batch norm before each hidden nonlinearity (the paper's
+        "with BN"); the preceding Dense then has no bias (β replaces it).
+      steps: SGD steps.
+      batch_size: examples per mini-batch (60 in the paper), drawn uniformly
+        with replacement at each step.
+      learning_rate: SGD step size.
+      hidden: widths of the hidden layers.
+      activation: "sigmoid" (the paper), "tanh" or "relu".
+      init_scale: standard deviation of the Gaussian initial weights (biases start at 0).
+      dropout: dropout rate after each hidden nonlinearity (0 = none).
+      momentum: batch norm's running-average momentum (Flax convention).
+      num_records: how many times along training the test metrics are recorded
+        (plus once before the first step).
+      unit: which unit of the last hidden layer the percentiles follow.
+      seed: seed of the initialization, the mini-batches and dropout. Runs that
+        differ only in ``batch_norm`` start from the same weights.
+    """
+
+    batch_norm: bool = True
+    steps: int = 50_000
+    batch_size: int = 60
+    learning_rate: float = 0.1
+    hidden: Tuple[int, ...] = (100, 100, 100)
+    activation: str = "sigmoid"
+    init_scale: float = 0.1
+    dropout: float = 0.0
+    momentum: float = 0.99
+    num_records: int = 50
+    unit: int = 0
+    seed: int = 0
+
+
+class MLP(nn.Module):
+    """Dense → [batch norm] → nonlinearity → [dropout] per hidden layer, then Dense logits.
+
+    Returns the logits and the input of the last hidden layer's nonlinearity.
+    """
+
+    config: ExperimentConfig
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> Tuple[jax.Array, jax.Array]:
+        """Logits and last pre-activation for a batch ``x`` of shape (batch, features)."""
+        config = self.config
+        init = nn.initializers.normal(config.init_scale)
+        pre_activation = x
+        for width in config.hidden:
+            pre_activation = nn.Dense(width, use_bias=not config.batch_norm, kernel_init=init)(x)
+            if config.batch_norm:
+                pre_activation = BatchNorm(use_running_average=not train, momentum=config.momentum)(
+                    pre_activation
+                )
+            x = ACTIVATIONS[config.activation](pre_activation)
+            if config.dropout:
+                x = nn.Dropout(config.dropout, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, kernel_init=init)(x), pre_activation
+
+
+def _record_steps(config: ExperimentConfig) -> Tuple[int, ...]:
+    """Steps after which metrics are recorded: 0, then about every steps/num_records."""
+    every = max(1, math.ceil(config.steps / max(config.num_records, 1)))
+    return (0, *range(every, config.steps, every), config.steps) if config.steps else (0,)
+
+
+def run_experiment(config: ExperimentConfig, data: Dataset, *, progress: bool = True) -> Dict:
+    """Trains the network of ``config`` on ``data`` and records Figure 1's curves.
+
+    Args:
+      config: the run's settings.
+      data: a train/test split (:func:`bnjax.demo.load_digits` or :func:`bnjax.demo.load_mnist`).
+      progress: show a tqdm progress bar over the SGD steps.
+
+    Returns:
+      A dict of lists, one entry per record: ``"step"``; ``"test_accuracy"``;
+      ``"train_loss"`` (mean cross-entropy of the mini-batches since the last
+      record; NaN at step 0); ``"percentiles"``, a dict from ``"15"``, ``"50"``,
+      ``"85"`` to the percentiles over the test set of the followed unit's
+      pre-activation (inference mode: batch norm uses its running statistics).
+
+    Examples:
+      >>> from bnjax.demo import ExperimentConfig, load_digits, run_experiment
+      >>> config = ExperimentConfig(steps=20, num_records=2, hidden=(16,))
+      >>> result = run_experiment(config, load_digits(), progress=False)
+      >>> result["step"]
+      [0, 10, 20]
+      >>> sorted(result["percentiles"])
+      ['15', '50', '85']
+    """
+    model = MLP(config, data.num_classes)
+    train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
+    test_x, test_y = jnp.asarray(data.test_x), jnp.asarray(data.test_y)
+    init_key, data_key = jax.random.split(jax.random.key(config.seed))
+    variables = model.init(init_key, train_x[: config.batch_size], train=False)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    optimizer = optax.sgd(config.learning_rate)
+
+    def loss_fn(params, batch_stats, x, y, key):
+        (logits, _), updates = model.apply(
+            {"params": params, "batch_stats": batch_stats},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": key},
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, updates.get("batch_stats", {})
+
+    def sgd_step(carry, key):
+        params, batch_stats, opt_state = carry
+        batch_key, dropout_key = jax.random.split(key)
+        index = jax.random.randint(batch_key, (config.batch_size,), 0, train_x.shape[0])
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch_stats, train_x[index], train_y[index], dropout_key
+        )
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
+
+    @jax.jit
+    def train_until(carry, keys):
+        carry, losses = jax.lax.scan(sgd_step, carry, keys)
+        return carry, jnp.mean(losses)
+
+    @jax.jit
+    def evaluate(params, batch_stats):
+        logits, pre_activation = model.apply(
+            {"params": params, "batch_stats": batch_stats}, test_x, train=False
+        )
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == test_y)
+        return accuracy, jnp.percentile(pre_activation[:, config.unit], jnp.array(PERCENTILES))
+
+    carry = (params, batch_stats, optimizer.init(params))
+    record_steps = _record_steps(config)
+    step_keys = jax.random.split(data_key, max(config.steps, 1))
+    result = {"step": [], "test_accuracy": [], "train_loss": []}
+    percentiles = {str(p): [] for p in PERCENTILES}
+    bar = tqdm(total=config.steps, disable=not progress, desc=_describe(config), leave=False)
+    for previous, step in zip((0, *record_steps[:-1]), record_steps, strict=True):
+        loss = float("nan")
+        if step > previous:
+            carry, loss = train_until(carry, step_keys[previous:step])
+            bar.update(step - previous)
+        accuracy, values = evaluate(carry[0], carry[1])
+        result["step"].append(step)
+        result["test_accuracy"].append(float(accuracy))
+        result["train_loss"].append(float(loss))
+        for p, value in zip(PERCENTILES, np.asarray(values).tolist(), strict=True):
+            percentiles[str(p)].append(value)
+    bar.close()
+    result["percentiles"] = percentiles
+    return result
+
+
+def _describe(config: ExperimentConfig) -> str:
+    return "with BN" if config.batch_norm else "without BN"
