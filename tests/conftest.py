@@ -17,6 +17,10 @@ settings.register_profile("default", max_examples=25, deadline=None, derandomize
 settings.register_profile("explore", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
+# The suite executes the notebooks with few training steps (their committed outputs come from
+# full runs); the kernels inherit this variable.
+os.environ.setdefault("BNJAX_NOTEBOOK_SMOKE", "1")
+
 STATIC = (
     "train",
     "axis",
