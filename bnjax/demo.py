@@ -127,7 +127,9 @@ def plot_figure1(results: Dict[str, Dict], path: Optional[str] = None):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bnjax.demo", description=__doc__.splitlines()[0]
+    )
     defaults = ExperimentConfig()
     parser.add_argument("--steps", type=int, default=defaults.steps, help="SGD steps per network")
     parser.add_argument("--out", default="figure1", help="output folder (created)")

@@ -1,23 +1,122 @@
 """The benchmark program runs end to end on a tiny shape (timings are not asserted)."""
 
+import dataclasses
+import importlib.util
 import json
+import sys
+import types
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from bnjax import bench
 
+TINY = (16, 4, 4, 8)  # big enough that per-feature vectors are < 5% of x
+TOP_MODULE = {name: impl.module.split(".")[0] for name, impl in bench.IMPLS.items()}
+INSTALLED = {name for name, module in TOP_MODULE.items() if importlib.util.find_spec(module)}
 
-def test_bench_writes_records_and_table(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "SHAPES_QUICK", [(8, 2, 2, 4)])
+
+def run_main(monkeypatch, capsys, *args):
+    """Runs ``bench.main`` on TINY with 2 repetitions; returns the printed text."""
+    monkeypatch.setattr(bench, "SHAPES_QUICK", [TINY])
+    with jax.numpy_dtype_promotion("standard"):  # flax and optax need it; the suite sets strict
+        assert bench.main(["--quick", "--repeats", "2", *args]) == 0
+    return capsys.readouterr().out
+
+
+def test_bench_writes_records_table_and_plot(tmp_path, monkeypatch, capsys):
+    path, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    out = run_main(monkeypatch, capsys, "--json", str(path), "--plot", str(png))
+    result = json.loads(path.read_text())
+    records = result["records"]
+    assert {r["impl"] for r in records} == INSTALLED  # every installed peer ran
+    assert {r["mode"] for r in records} == {"fwd", "fwd+bwd", "eval"}
+    for impl in ("bnjax", "flax.linen", "flax.nnx"):
+        configs = {(r["dtype"], r["mode"]) for r in records if r["impl"] == impl}
+        assert configs == {(d, m) for d in ("float32", "bfloat16") for m in bench.MODES}
+    assert all(r["shape"] == list(TINY) and r["median_ms"] > 0 for r in records)
+    assert all(r["bandwidth_fraction"] > 0 for r in records)
+    assert result["copy_bandwidth_gbps"] > 0 and result["device"]
+    assert {"jax", "jaxlib", "flax"} <= set(result["versions"])
+    saved = {(r["impl"], r["dtype"]): r["saved_bytes_ratio"] for r in records}
+    assert saved[("flax.linen", "float32")] >= 1.9  # Flax keeps two float32 copies of x
+    assert saved[("bnjax", "float32")] < 0.05 and saved[("bnjax", "bfloat16")] < 0.05
+    ratio = {(r["impl"], r["dtype"], r["mode"]): r["ratio_vs_bnjax"] for r in records}
+    assert ratio[("bnjax", "float32", "fwd")] == 1.0 and ratio[("flax.nnx", "float32", "eval")] > 0
+    for text in ("median flax.linen/bnjax ratio, fwd+bwd:", "flax.nnx/bnjax ratio, eval:"):
+        assert text in out
+    assert "fwd+bwd (1 jit)" in out and "fraction of copy bandwidth" in out
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_missing_and_failing_peers_are_noted(tmp_path, monkeypatch, capsys):
+    missing = dataclasses.replace(bench.IMPLS["haiku"], module="haiku_is_not_installed")
+    monkeypatch.setitem(bench.IMPLS, "haiku", missing)
+    other_backend = types.SimpleNamespace(backend=types.SimpleNamespace(backend=lambda: "torch"))
+    monkeypatch.setitem(sys.modules, "keras", other_backend)
+
+    def no_bfloat16(x, cotangent):
+        if x.dtype == jnp.bfloat16:
+            raise TypeError("no bfloat16 here")
+        return bench.IMPLS["bnjax"].timed(x, cotangent)
+
+    monkeypatch.setitem(bench.IMPLS, "flaky", bench.Impl("bnjax", "bnjax", no_bfloat16))
     path = tmp_path / "bench.json"
-    with jax.numpy_dtype_promotion("standard"):  # flax.linen.BatchNorm needs it for bfloat16
-        assert bench.main(["--quick", "--repeats", "2", "--json", str(path)]) == 0
+    out = run_main(monkeypatch, capsys, "--impls", "haiku,keras,flaky", "--json", str(path))
+    assert "skipped haiku: not installed (pip install bnjax[bench])" in out
+    assert "skipped keras: keras was imported with the torch backend" in out
+    assert "flaky: nothing recorded on [16, 4, 4, 8] bfloat16: TypeError: no bfloat16 here" in out
     records = json.loads(path.read_text())["records"]
-    assert {r["impl"] for r in records} == {"bnjax", "flax.linen"}
-    assert {r["mode"] for r in records} == {"fwd", "fwd+bwd"}
-    assert {r["dtype"] for r in records} == {"float32", "bfloat16"}
-    assert all(r["shape"] == [8, 2, 2, 4] and r["median_ms"] > 0 for r in records)
-    saved = {r["impl"]: r["saved_bytes_ratio"] for r in records if r["dtype"] == "float32"}
-    assert saved["flax.linen"] >= 1.9  # Flax keeps two float32 copies of x
-    out = capsys.readouterr().out
-    assert "median flax/bnjax ratio, fwd+bwd:" in out and "fwd+bwd (1 jit)" in out
+    assert {(r["impl"], r["dtype"]) for r in records} == {
+        ("bnjax", "float32"),
+        ("bnjax", "bfloat16"),
+        ("flaky", "float32"),
+    }
+
+
+def test_unknown_impl_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--impls", "bnjax,nope"])
+    assert "unknown ['nope']" in capsys.readouterr().err
+
+
+JAX_PEERS = {
+    "flax.linen": bench.flax_linen_peer,
+    "flax.nnx": bench.flax_nnx_peer,
+    "haiku": bench.haiku_peer,
+    "equinox": bench.equinox_peer,
+    "keras": bench.keras_peer,
+}
+
+
+# Running statistics as the peers start them: Haiku's init call (is_training=True) already averaged
+# one batch, Equinox's "ema" mode starts at variance 0; the others at mean 0, variance 1 as bnjax.
+EVAL_MATCHES_BNJAX = {"flax.linen", "flax.nnx", "keras"}
+
+
+@pytest.mark.parametrize("name", list(JAX_PEERS))
+@pytest.mark.parametrize("train", [True, False])
+def test_jax_peers_compute_batch_norm(name, train):
+    """Each adapter computes batch norm: bnjax's output, in the peer's layout."""
+    pytest.importorskip(TOP_MODULE[name])
+    x = jnp.asarray(np.random.default_rng(0).normal(3.0, 2.0, TINY), jnp.float32)
+    with jax.numpy_dtype_promotion("standard"):
+        peer, reference = JAX_PEERS[name](x), bench.bnjax_peer(x)
+        y = jax.jit(peer.forward, static_argnums=2)(peer.layout(x), peer.params, train)
+        expected = peer.layout(reference.forward(x, reference.params, train))
+    assert y.shape == expected.shape and bool(jnp.isfinite(y).all())
+    if train or name in EVAL_MATCHES_BNJAX:
+        tolerance = 2e-3 if name == "keras" else 1e-4  # Keras's epsilon is 1e-3, the others' 1e-5
+        np.testing.assert_allclose(y, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_torch_adapter_runs_and_saves_little():
+    pytest.importorskip("torch")
+    x = jnp.asarray(np.random.default_rng(0).normal(3.0, 2.0, TINY), jnp.float32)
+    calls, saved = bench.IMPLS["torch"].timed(x, jnp.ones_like(x))
+    assert set(calls) == set(bench.MODES)
+    for call in calls.values():
+        call()
+    assert saved < 0.2  # autograd keeps x and per-channel vectors
