@@ -86,6 +86,14 @@ def read_idx(path: str) -> np.ndarray:
     Raises:
       ValueError: the file is not IDX (bad magic number, unknown type code,
         or fewer values than its header announces).
+
+    Examples:
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "labels-idx1-ubyte")
+      >>> with open(path, "wb") as f:  # uint8 (0x08), 1 dimension of size 3, then the values
+      ...     _ = f.write(bytes([0, 0, 0x08, 1, 0, 0, 0, 3, 7, 2, 1]))
+      >>> read_idx(path)
+      array([7, 2, 1], dtype=uint8)
     """
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
