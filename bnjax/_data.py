@@ -85,7 +85,8 @@ def read_idx(path: str) -> np.ndarray:
 
     Raises:
       ValueError: the file is not IDX (bad magic number, unknown type code,
-        or fewer values than its header announces).
+        a header or data size other than the header announces, or a ``.gz``
+        that is not gzip).
 
     Examples:
       >>> import os, tempfile
@@ -96,8 +97,11 @@ def read_idx(path: str) -> np.ndarray:
       array([7, 2, 1], dtype=uint8)
     """
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        content = f.read()
+    try:
+        with opener(path, "rb") as f:
+            content = f.read()
+    except gzip.BadGzipFile as error:
+        raise ValueError(f"{path} ends in .gz but is not gzip-compressed: {error}") from error
     if len(content) < 4 or content[0] != 0 or content[1] != 0:
         raise ValueError(
             f"{path} is not an IDX file: it must start with two zero bytes, got {content[:4]!r}."
@@ -109,6 +113,11 @@ def read_idx(path: str) -> np.ndarray:
             f"{', '.join(f'{c:#04x}' for c in IDX_DTYPES)}."
         )
     header = 4 + 4 * ndim
+    if len(content) < header:
+        raise ValueError(
+            f"{path}: the header announces {ndim} dimensions ({header} bytes of header), "
+            f"but the file has {len(content)} bytes."
+        )
     shape = struct.unpack(f">{ndim}I", content[4:header])
     dtype = IDX_DTYPES[code]
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -130,8 +139,8 @@ def _find(directory: str, stem: str) -> str:
             if os.path.exists(path):
                 return path
     raise FileNotFoundError(
-        f"--mnist {directory}: no {stem} (or {stem}.gz) there; expected the four MNIST IDX files "
-        f"{', '.join(MNIST_FILES.values())}."
+        f"MNIST folder {directory}: no {stem} there (nor {stem}.gz, nor the .idx3/.idx1 name "
+        f"variant); expected the four MNIST IDX files {', '.join(MNIST_FILES.values())}."
     )
 
 
@@ -154,9 +163,14 @@ def load_mnist(directory: str) -> Dataset:
         images, labels = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise ValueError(
-                f"--mnist {directory}: {split} images must be (examples, rows, cols) and labels "
-                f"(examples,) with the same number of examples; got {images.shape} and "
+                f"MNIST folder {directory}: {split} images must be (examples, rows, cols) and "
+                f"labels (examples,) with the same number of examples; got {images.shape} and "
                 f"{labels.shape}."
+            )
+        if images.dtype != np.uint8 or labels.dtype != np.uint8:
+            raise ValueError(
+                f"MNIST folder {directory}: {split} images and labels must be uint8 (IDX type "
+                f"0x08); got {images.dtype} and {labels.dtype}."
             )
 
     def pixels(images):

@@ -9,7 +9,6 @@ of the last hidden layer (Fig. 1b, c). The whole run between two records is one
 compiled ``lax.scan``.
 """
 
-import math
 from typing import Dict, NamedTuple, Tuple
 
 import flax.linen as nn
@@ -41,8 +40,8 @@ class ExperimentConfig(NamedTuple):
       init_scale: standard deviation of the Gaussian initial weights (biases start at 0).
       dropout: dropout rate after each hidden nonlinearity (0 = none).
       momentum: batch norm's running-average momentum (Flax convention).
-      num_records: how many times along training the test metrics are recorded
-        (plus once before the first step).
+      num_records: how many times along training the test metrics are
+        recorded, at evenly spread steps (plus once before the first step).
       unit: which unit of the last hidden layer the percentiles follow.
       seed: seed of the initialization, the mini-batches and dropout. Runs that
         differ only in ``batch_norm`` start from the same weights.
@@ -90,9 +89,45 @@ class MLP(nn.Module):
 
 
 def _record_steps(config: ExperimentConfig) -> Tuple[int, ...]:
-    """Steps after which metrics are recorded: 0, then about every steps/num_records."""
-    every = max(1, math.ceil(config.steps / max(config.num_records, 1)))
-    return (0, *range(every, config.steps, every), config.steps) if config.steps else (0,)
+    """Steps after which metrics are recorded: 0, then num_records steps spread evenly."""
+    records = min(config.num_records, config.steps)
+    return tuple(sorted({round(i * config.steps / max(records, 1)) for i in range(records + 1)}))
+
+
+def check_config(config: ExperimentConfig) -> None:
+    """Raises ValueError naming the field of ``config`` that cannot run.
+
+    Examples:
+      >>> check_config(ExperimentConfig(unit=100))
+      Traceback (most recent call last):
+      ...
+      ValueError: ExperimentConfig.unit must index the last hidden layer (0 … 99), got 100.
+    """
+
+    def fail(field, expected):
+        raise ValueError(
+            f"ExperimentConfig.{field} must {expected}, got {getattr(config, field)!r}."
+        )
+
+    for field in ("steps", "batch_size", "num_records", "seed"):
+        value = getattr(config, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            fail(field, "be a non-negative integer")
+    if config.batch_size < 1 or config.num_records < 1:
+        fail("batch_size" if config.batch_size < 1 else "num_records", "be at least 1")
+    if not config.hidden or not all(isinstance(w, int) and w > 0 for w in config.hidden):
+        fail("hidden", "be a non-empty tuple of positive layer widths")
+    if config.activation not in ACTIVATIONS:
+        fail("activation", f"be one of {', '.join(map(repr, ACTIVATIONS))}")
+    if not 0 <= config.unit < config.hidden[-1]:
+        fail("unit", f"index the last hidden layer (0 … {config.hidden[-1] - 1})")
+    if not 0 <= config.dropout < 1:
+        fail("dropout", "be a rate in [0, 1)")
+    for field in ("learning_rate", "init_scale"):
+        if not getattr(config, field) > 0:
+            fail(field, "be positive")
+    if not 0 <= config.momentum <= 1:
+        fail("momentum", "be in [0, 1]")
 
 
 def run_experiment(config: ExperimentConfig, data: Dataset, *, progress: bool = True) -> Dict:
@@ -108,17 +143,23 @@ def run_experiment(config: ExperimentConfig, data: Dataset, *, progress: bool = 
       ``"train_loss"`` (mean cross-entropy of the mini-batches since the last
       record; NaN at step 0); ``"percentiles"``, a dict from ``"15"``, ``"50"``,
       ``"85"`` to the percentiles over the test set of the followed unit's
-      pre-activation (inference mode: batch norm uses its running statistics).
+      pre-activation (inference mode: batch norm uses its running statistics,
+      which start at mean 0 and variance 1 and follow the batches with
+      ``momentum``, so the first records of a short run are not yet normalized).
+
+    Raises:
+      ValueError: a field of ``config`` cannot run (see :func:`check_config`).
 
     Examples:
       >>> from bnjax.demo import ExperimentConfig, load_digits, run_experiment
-      >>> config = ExperimentConfig(steps=20, num_records=2, hidden=(16,))
+      >>> config = ExperimentConfig(steps=20, num_records=3, hidden=(16,))
       >>> result = run_experiment(config, load_digits(), progress=False)
       >>> result["step"]
-      [0, 10, 20]
+      [0, 7, 13, 20]
       >>> sorted(result["percentiles"])
       ['15', '50', '85']
     """
+    check_config(config)
     model = MLP(config, data.num_classes)
     train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
     test_x, test_y = jnp.asarray(data.test_x), jnp.asarray(data.test_y)

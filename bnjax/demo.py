@@ -7,7 +7,8 @@ without batch norm from the same initialization, then writes
 - ``DIR/results.json``: ``{"bn": ..., "baseline": ...}``, each with
   ``"step"``, ``"test_accuracy"``, ``"percentiles"`` (``"15"``, ``"50"``,
   ``"85"``: the input to one sigmoid of the last hidden layer over the test
-  set) and ``"train_loss"``, plus ``"config"`` and ``"data"``;
+  set) and ``"train_loss"``, plus ``"config"`` (the settings both runs share)
+  and ``"data"``;
 - ``DIR/figure1.png``: (a) test accuracy, (b) and (c) the percentiles
   without and with batch norm;
 
@@ -27,11 +28,12 @@ import time
 from typing import Dict, Optional, Sequence
 
 from ._data import Dataset, load_digits, load_mnist, read_idx
-from ._experiment import PERCENTILES, ExperimentConfig, run_experiment
+from ._experiment import PERCENTILES, ExperimentConfig, check_config, run_experiment
 
 __all__ = [
     "Dataset",
     "ExperimentConfig",
+    "check_config",
     "figure1",
     "format_table",
     "load_digits",
@@ -118,7 +120,7 @@ def plot_figure1(results: Dict[str, Dict], path: Optional[str] = None):
     for name, style in (("baseline", "--"), ("bn", "-")):
         run = results[name]
         axes[0].plot(run["step"], run["test_accuracy"], style, label=labels[name])
-    axes[0].set(title="(a) test accuracy", xlabel="training steps", ylim=(0.5, 1.0))
+    axes[0].set(title="(a) test accuracy", xlabel="training steps", ylim=(0.0, 1.0))
     axes[0].legend(loc="lower right")
     low = min(min(results[n]["percentiles"]["15"]) for n in RUNS)
     high = max(max(results[n]["percentiles"]["85"]) for n in RUNS)
@@ -146,12 +148,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=defaults.steps, help="SGD steps per network")
     parser.add_argument("--out", default="figure1", help="output folder (created)")
     parser.add_argument(
-        "--seed", type=int, default=defaults.seed, help="initialization and batches"
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="initialization, mini-batches and the digits train/test split",
     )
     parser.add_argument("--mnist", metavar="DIR", help="read MNIST IDX files from DIR")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps must be a positive integer, got {args.steps}")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be an integer in [0, 2**32), got {args.seed}")
+    if args.mnist is not None and not os.path.isdir(args.mnist):
+        parser.error(f"--mnist must be a folder holding the MNIST IDX files, got {args.mnist!r}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out must be a folder (created if missing), got the file {args.out!r}")
+    os.makedirs(args.out, exist_ok=True)  # before training: a bad path fails now, not after it
     data = load_mnist(args.mnist) if args.mnist else load_digits(seed=args.seed)
     config = defaults._replace(steps=args.steps, seed=args.seed)
     print(
@@ -161,9 +173,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     start = time.perf_counter()
     results = figure1(data, config)
-    os.makedirs(args.out, exist_ok=True)
+    shared = {k: v for k, v in config._asdict().items() if k != "batch_norm"}  # both runs'
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({**results, "config": config._asdict(), "data": data.name}, f, indent=1)
+        json.dump({**results, "config": shared, "data": data.name}, f, indent=1)
     plot_figure1(results, os.path.join(args.out, "figure1.png"))
     print(format_table(results))
     seconds = time.perf_counter() - start

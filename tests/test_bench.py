@@ -76,10 +76,23 @@ def test_missing_and_failing_peers_are_noted(tmp_path, monkeypatch, capsys):
     }
 
 
-def test_unknown_impl_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit):
-        bench.main(["--impls", "bnjax,nope"])
-    assert "unknown ['nope']" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--impls", "bnjax,nope"], "unknown ['nope']"),
+        (["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
+        (["--json", "/no/such/folder/b.json"], "--json: the folder of '/no/such/folder/b.json'"),
+        (["--plot", "/no/such/folder/b.png"], "--plot: the folder of '/no/such/folder/b.png'"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_impls_are_timed_once_each():
+    assert bench._parse_impls("flax.linen,bnjax,flax.linen") == ["bnjax", "flax.linen"]
 
 
 JAX_PEERS = {

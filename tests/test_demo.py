@@ -54,6 +54,14 @@ def test_read_idx_rejects_what_is_not_idx(tmp_path):
     (tmp_path / "code").write_bytes(bytes([0, 0, 0x07, 1, 0, 0, 0, 1, 5]))
     with pytest.raises(ValueError, match=r"unknown IDX type code 0x07; expected one of 0x08"):
         demo.read_idx(str(tmp_path / "code"))
+    (tmp_path / "header").write_bytes(bytes([0, 0, 0x08, 3, 0, 0, 0, 2]))
+    with pytest.raises(
+        ValueError, match=r"announces 3 dimensions \(16 bytes of header\), .* 8 bytes"
+    ):
+        demo.read_idx(str(tmp_path / "header"))
+    (tmp_path / "fake.gz").write_bytes(bytes([0, 0, 0x08, 1, 0, 0, 0, 1, 5]))
+    with pytest.raises(ValueError, match=r"fake.gz ends in .gz but is not gzip-compressed"):
+        demo.read_idx(str(tmp_path / "fake.gz"))
     write_idx(tmp_path / "short", np.zeros((4, 5), np.uint8))
     (tmp_path / "short").write_bytes((tmp_path / "short").read_bytes()[:-3])
     with pytest.raises(ValueError, match=r"announces shape \(4, 5\) \(20 bytes of uint8\), but 17"):
@@ -73,11 +81,20 @@ def test_load_mnist_reads_the_four_files(tmp_path, gz):
 
 
 def test_load_mnist_errors_name_the_problem(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no train-images-idx3-ubyte \(or .*\.gz\) there"):
+    with pytest.raises(
+        FileNotFoundError, match=r"MNIST folder .*: no train-images-idx3-ubyte there"
+    ):
         demo.load_mnist(str(tmp_path))
     write_mnist(tmp_path)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(23, np.uint8))
     with pytest.raises(ValueError, match=r"test images .* got \(24, 28, 28\) and \(23,\)"):
+        demo.load_mnist(str(tmp_path))
+
+
+def test_load_mnist_wants_uint8(tmp_path):
+    write_mnist(tmp_path)
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((48, 28, 28), ">f4"))
+    with pytest.raises(ValueError, match=r"must be uint8 \(IDX type 0x08\); got float32 and uint8"):
         demo.load_mnist(str(tmp_path))
 
 
@@ -128,6 +145,7 @@ def test_main_writes_results_figure_and_table(tmp_path, capsys):
     assert demo.main(["--steps", "40", "--out", str(out), "--seed", "3"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["data"] == "digits" and results["config"]["seed"] == 3
+    assert "batch_norm" not in results["config"]  # the settings both runs share
     for name in ("bn", "baseline"):
         run = results[name]
         assert run["step"][0] == 0 and run["step"][-1] == 40
@@ -145,7 +163,44 @@ def test_main_reads_mnist(tmp_path, capsys):
     assert json.loads((tmp_path / "o" / "results.json").read_text())["data"] == "mnist"
 
 
-def test_main_rejects_nonpositive_steps(capsys):
-    with pytest.raises(SystemExit):
-        demo.main(["--steps", "0"])
-    assert "--steps must be a positive integer, got 0" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "0"], "--steps must be a positive integer, got 0"),
+        (["--seed", "-1"], "--seed must be an integer in [0, 2**32), got -1"),
+        (["--mnist", "/no/such/folder"], "--mnist must be a folder holding the MNIST IDX files"),
+        (["--out", __file__], "--out must be a folder (created if missing), got the file"),
+    ],
+)
+def test_main_rejects_bad_arguments_before_training(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_record_steps_are_spread_evenly():
+    config = demo.ExperimentConfig(steps=7, num_records=3, hidden=(4,), batch_size=5)
+    assert demo.run_experiment(config, demo.load_digits(), progress=False)["step"] == [0, 2, 5, 7]
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"unit": 100},
+            r"ExperimentConfig.unit must index the last hidden layer \(0 … 99\), got 100",
+        ),
+        ({"hidden": ()}, r"hidden must be a non-empty tuple of positive layer widths, got \(\)"),
+        (
+            {"activation": "gelu"},
+            r"activation must be one of 'sigmoid', 'relu', 'tanh', got 'gelu'",
+        ),
+        ({"steps": -1}, r"steps must be a non-negative integer, got -1"),
+        ({"num_records": 0}, r"num_records must be at least 1, got 0"),
+        ({"dropout": 1.0}, r"dropout must be a rate in \[0, 1\), got 1.0"),
+        ({"learning_rate": 0.0}, r"learning_rate must be positive, got 0.0"),
+    ],
+)
+def test_bad_experiment_configs_are_named(changes, message):
+    with pytest.raises(ValueError, match=message):
+        demo.run_experiment(demo.ExperimentConfig()._replace(**changes), demo.load_digits())

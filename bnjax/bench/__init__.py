@@ -15,7 +15,10 @@ Modes: ``fwd`` the training forward; ``fwd+bwd`` the training forward with
 ``jax.vjp`` as one compiled call that returns the residuals, then the pullback
 of a random cotangent as another (for torch: forward, then
 ``y.backward(cotangent)``); ``eval`` the inference forward with the running
-statistics (torch: under ``torch.no_grad()``). ``fwd+bwd (1 jit)`` fuses the
+statistics (torch: under ``torch.no_grad()``). torch's ``fwd`` is its
+idiomatic training call, with autograd recording and the running statistics
+updated in place; the JAX peers' updated statistics are discarded, so XLA may
+skip them (per-feature work). ``fwd+bwd (1 jit)`` fuses the
 JAX forward and backward into one program and is printed for information only.
 Shapes are NHWC activations of early, middle and late ResNet layers and a wide
 dense activation, in float32 and bfloat16. Everything runs in one process with
@@ -37,6 +40,7 @@ Usage::
 
 import argparse
 import json
+import os
 from typing import List
 
 import jax
@@ -82,7 +86,14 @@ def _parse_impls(text: str) -> List[str]:
     unknown = [n for n in names if n not in IMPLS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {', '.join(IMPLS)}")
-    return ["bnjax"] + [n for n in names if n != "bnjax"]
+    return list(dict.fromkeys(["bnjax", *names]))  # bnjax first, each name once
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def main(argv=None) -> int:
@@ -93,7 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small shapes, < 1 minute")
     parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of the ratios")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repetitions")
+    parser.add_argument("--repeats", type=_positive_int, default=None, help="timed repetitions")
     parser.add_argument(
         "--impls",
         type=_parse_impls,
@@ -101,6 +112,10 @@ def main(argv=None) -> int:
         help=f"comma-separated, from {', '.join(IMPLS)} (bnjax, the reference, is always timed)",
     )
     args = parser.parse_args(argv)
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not os.path.isdir(folder):  # fail now, not after the whole run
+            parser.error(f"{option}: the folder of {path!r} does not exist")
     shapes = SHAPES_QUICK if args.quick else SHAPES_FULL
     repeats = args.repeats or (10 if args.quick else 30)
     names, versions, notes = load_impls(args.impls)
@@ -110,10 +125,10 @@ def main(argv=None) -> int:
     print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s ({COPY_METHOD})")
     for note in notes:
         print(note)
-    records, errors = run(shapes, list(DTYPES), repeats, names, bandwidth)
+    records, run_notes = run(shapes, list(DTYPES), repeats, names, bandwidth)
     print(format_table(records))
-    for error in errors:
-        print(f"note: {error}")
+    for note in run_notes:
+        print(f"note: {note}")
     written = [r for r in records if r["mode"] in MODES]
     if args.json:
         with open(args.json, "w") as f:
