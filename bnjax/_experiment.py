@@ -207,7 +207,8 @@ def run_experiment(config: ExperimentConfig, data: Dataset, *, progress: bool = 
     step_keys = jax.random.split(data_key, max(config.steps, 1))
     result = {"step": [], "test_accuracy": [], "train_loss": []}
     percentiles = {str(p): [] for p in PERCENTILES}
-    bar = tqdm(total=config.steps, disable=not progress, desc=_describe(config), leave=False)
+    desc = "with BN" if config.batch_norm else "without BN"
+    bar = tqdm(total=config.steps, disable=not progress, desc=desc, leave=False)
     for previous, step in zip((0, *record_steps[:-1]), record_steps, strict=True):
         loss = float("nan")
         if step > previous:
@@ -222,7 +223,3 @@ def run_experiment(config: ExperimentConfig, data: Dataset, *, progress: bool = 
     bar.close()
     result["percentiles"] = percentiles
     return result
-
-
-def _describe(config: ExperimentConfig) -> str:
-    return "with BN" if config.batch_norm else "without BN"

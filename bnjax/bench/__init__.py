@@ -45,37 +45,26 @@ from typing import List
 
 import jax
 
-from ._loading import PeerSkipped as PeerSkipped
-from ._modes import ALL_MODES as ALL_MODES
-from ._modes import BACKWARD_PASSES as BACKWARD_PASSES
-from ._modes import EVAL_PASSES as EVAL_PASSES
-from ._modes import FORWARD_PASSES as FORWARD_PASSES
-from ._modes import FUSED as FUSED
 from ._modes import MODES as MODES
-from ._modes import PASSES as PASSES
+from ._modes import PASSES
 from ._peers import Peer as Peer
 from ._peers import bnjax_peer as bnjax_peer
 from ._peers import equinox_peer as equinox_peer
 from ._peers import flax_linen_peer as flax_linen_peer
 from ._peers import flax_nnx_peer as flax_nnx_peer
 from ._peers import haiku_peer as haiku_peer
-from ._peers import import_keras as import_keras
 from ._peers import keras_peer as keras_peer
 from ._registry import IMPLS as IMPLS
-from ._registry import INSTALL_HINT as INSTALL_HINT
 from ._registry import Impl as Impl
 from ._registry import load_impls as load_impls
-from ._report import RATIO_TICKS as RATIO_TICKS
 from ._report import format_table as format_table
 from ._report import plot_records as plot_records
 from ._report import ratios as ratios
 from ._report import summary as summary
-from ._timing import COPY_BYTES as COPY_BYTES
-from ._timing import COPY_METHOD as COPY_METHOD
+from ._timing import COPY_METHOD
 from ._timing import DTYPES as DTYPES
 from ._timing import copy_bandwidth as copy_bandwidth
 from ._timing import run as run
-from ._torch import import_torch as import_torch
 
 SHAPES_FULL = [(64, 56, 56, 64), (64, 28, 28, 128), (64, 14, 14, 256), (64, 7, 7, 512), (256, 4096)]
 SHAPES_QUICK = [(32, 28, 28, 64), (32, 7, 7, 256), (256, 2048)]

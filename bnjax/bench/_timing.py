@@ -65,18 +65,23 @@ def _warm_calls(name: str, shape, dtype_name: str, x, cotangent, failures: Dict)
     Returns:
       ``(calls, saved_bytes_ratio)``; calls is empty if building failed.
     """
+
+    def note(error, where):
+        failures.setdefault((name, error_text(error)), []).append(
+            f"{list(shape)} {dtype_name}{where}"
+        )
+
     try:
         calls, saved = IMPLS[name].timed(x, cotangent)
     except Exception as error:  # a peer that fails is noted, never fatal
-        failures.setdefault((name, error_text(error)), []).append(f"{list(shape)} {dtype_name}")
+        note(error, "")
         return {}, None
     warm = {}
     for mode, call in calls.items():
         try:
             jax.block_until_ready(call())  # compile and warm up
         except Exception as error:
-            key = (name, error_text(error))
-            failures.setdefault(key, []).append(f"{list(shape)} {dtype_name} {mode}")
+            note(error, f" {mode}")
             continue
         warm[mode] = call
     return warm, saved
