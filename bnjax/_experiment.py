@@ -15,7 +15,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm import tqdm
 
 from ._data import Dataset
@@ -159,6 +158,8 @@ def run_experiment(config: ExperimentConfig, data: Dataset, *, progress: bool = 
       >>> sorted(result["percentiles"])
       ['15', '50', '85']
     """
+    import optax  # the demo extra's: importing bnjax.demo does not need it
+
     check_config(config)
     model = MLP(config, data.num_classes)
     train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)

@@ -1,31 +1,32 @@
-"""``python -m bnjax.demo``: Ioffe & Szegedy (2015), Figure 1, reproduced.
+"""python -m bnjax.demo: Ioffe & Szegedy (2015), Figure 1, reproduced.
 
 Trains the paper's network (3 fully connected hidden layers of 100 sigmoid
 units, mini-batches of 60, plain SGD, small Gaussian initial weights) with and
 without batch norm from the same initialization, then writes
 
-- ``DIR/results.json``: ``{"bn": ..., "baseline": ...}``, each with
-  ``"step"``, ``"test_accuracy"``, ``"percentiles"`` (``"15"``, ``"50"``,
-  ``"85"``: the input to one sigmoid of the last hidden layer over the test
-  set) and ``"train_loss"``, plus ``"config"`` (the settings both runs share)
-  and ``"data"``;
-- ``DIR/figure1.png``: (a) test accuracy, (b) and (c) the percentiles
-  without and with batch norm;
+  DIR/results.json  {"bn": ..., "baseline": ...}, each with "step",
+                    "test_accuracy", "percentiles" ("15", "50", "85": the
+                    input to one sigmoid of the last hidden layer over the
+                    test set) and "train_loss", plus "config" (the settings
+                    both runs share) and "data"; strict JSON: a value that
+                    does not exist (the loss before the first step) or is
+                    not finite is null
+  DIR/figure1.png   (a) test accuracy, (b) and (c) the percentiles without
+                    and with batch norm
 
 and prints a short table. The data is scikit-learn's handwritten digits
-(ships offline), or MNIST with ``--mnist DIR`` pointing at its IDX files.
-
-Usage::
-
-  python -m bnjax.demo [--steps N] [--out DIR] [--seed S] [--mnist DIR]
+(ships offline), or MNIST with --mnist DIR pointing at its IDX files.
+Needs the demo extra: pip install "bnjax[demo]".
 """
 
 import argparse
+import importlib.util
 import json
+import math
 import os
 import sys
 import time
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ._data import Dataset, load_digits, load_mnist, read_idx
 from ._experiment import PERCENTILES, ExperimentConfig, check_config, run_experiment
@@ -33,18 +34,25 @@ from ._experiment import PERCENTILES, ExperimentConfig, check_config, run_experi
 __all__ = [
     "Dataset",
     "ExperimentConfig",
+    "accuracy_floor",
     "check_config",
     "figure1",
     "format_table",
     "load_digits",
     "load_mnist",
     "main",
+    "missing_requirements",
     "plot_figure1",
     "read_idx",
     "run_experiment",
+    "strict_json",
 ]
 
 RUNS = {"baseline": False, "bn": True}  # results.json key → batch_norm
+LABELS = {"baseline": "without BN", "bn": "with BN"}
+STYLES = {"baseline": ("C0", "--"), "bn": ("C1", "-")}  # colour, line style: one per network
+# The demo extra, import name → distribution (optax comes with flax, but only the demo uses it).
+REQUIREMENTS = {"optax": "optax", "sklearn": "scikit-learn", "matplotlib": "matplotlib"}
 
 
 def figure1(
@@ -100,8 +108,45 @@ def format_table(results: Dict[str, Dict], rows: int = 6) -> str:
     return "\n".join(lines)
 
 
-def plot_figure1(results: Dict[str, Dict], path: Optional[str] = None):
+def accuracy_floor(results: Dict[str, Dict]) -> float:
+    """The lower limit of panel (a): the accuracy range where the two curves end up.
+
+    The lowest accuracy either network records in the second half of training,
+    less at least 0.05 and at least 60% of its distance to 1 (room for the curves
+    to enter from below and for the gap between them), rounded down to a
+    multiple of 0.05, and at least 0.
+
+    Examples:
+      >>> late = {"step": [0, 50, 100], "test_accuracy": [0.1, 0.95, 0.96]}
+      >>> accuracy_floor({"baseline": late, "bn": {**late, "test_accuracy": [0.1, 0.97, 0.99]}})
+      0.9
+      >>> accuracy_floor({"baseline": {"step": [0, 5], "test_accuracy": [0.1, 0.2]}})
+      0.0
+    """
+    lowest = 1.0
+    for name in RUNS:
+        if name not in results:
+            continue
+        steps, accuracy = results[name]["step"], results[name]["test_accuracy"]
+        late = [a for s, a in zip(steps, accuracy, strict=True) if s >= steps[-1] / 2]
+        lowest = min([lowest, *(a for a in late if a is not None and math.isfinite(a))])
+    floor = lowest - max(0.05, 0.6 * (1.0 - lowest))
+    return max(0.0, round(math.floor(round(floor / 0.05, 6)) * 0.05, 2))
+
+
+def plot_figure1(results: Dict[str, Any], path: Optional[str] = None):
     """Draws the three panels of Figure 1; saves a PNG when ``path`` is given.
+
+    Panel (a) shows the test accuracy from :func:`accuracy_floor` to 1; panels
+    (b) and (c) the 15th, 50th (thick) and 85th percentiles of the followed
+    unit's input, on one shared scale. One legend above the panels names the
+    networks (dashed: without BN, solid: with BN).
+
+    Args:
+      results: ``{"baseline": result, "bn": result}`` from :func:`figure1`, or a
+        loaded ``results.json``; its optional ``"data"`` (the data set's name)
+        and ``"config"`` (``steps``, ``activation``) go into the titles.
+      path: where to write the PNG, or None.
 
     Returns:
       The matplotlib figure.
@@ -109,52 +154,124 @@ def plot_figure1(results: Dict[str, Dict], path: Optional[str] = None):
     Examples:
       >>> run = {"step": [0, 5], "test_accuracy": [0.1, 0.9],
       ...        "percentiles": {"15": [-1.0, -2.0], "50": [0.0, 0.0], "85": [1.0, 2.0]}}
-      >>> len(plot_figure1({"baseline": run, "bn": run}).axes)
-      3
+      >>> fig = plot_figure1({"baseline": run, "bn": run, "data": "digits"})
+      >>> len(fig.axes), fig.get_suptitle()
+      (3, 'Figure 1 of Ioffe & Szegedy (2015) reproduced on digits')
     """
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-    fig = Figure(figsize=(13, 3.8), layout="tight")
+    config = results.get("config") or {}
+    activation = config.get("activation", "sigmoid")
+    fig = Figure(figsize=(13, 4.3), layout="constrained")
     axes = fig.subplots(1, 3)
-    labels = {"baseline": "Without BN", "bn": "With BN"}
-    for name, style in (("baseline", "--"), ("bn", "-")):
+    title = "Figure 1 of Ioffe & Szegedy (2015) reproduced"
+    if results.get("data"):
+        title += f" on {results['data']}"
+    fig.suptitle(title)
+    for name in RUNS:
+        color, style = STYLES[name]
         run = results[name]
-        axes[0].plot(run["step"], run["test_accuracy"], style, label=labels[name])
-    axes[0].set(title="(a) test accuracy", xlabel="training steps", ylim=(0.0, 1.0))
-    axes[0].legend(loc="lower right")
-    low = min(min(results[n]["percentiles"]["15"]) for n in RUNS)
-    high = max(max(results[n]["percentiles"]["85"]) for n in RUNS)
-    margin = 0.1 * (high - low) + 1e-3
+        axes[0].plot(run["step"], _floats(run["test_accuracy"]), style, color=color)
+    axes[0].set(
+        title="(a) test accuracy", ylabel="test accuracy", ylim=(accuracy_floor(results), 1)
+    )
+    bounds = [
+        v
+        for name in RUNS
+        for p in ("15", "85")
+        for v in _floats(results[name]["percentiles"][p])
+        if math.isfinite(v)
+    ] or [0.0]
+    margin = 0.1 * (max(bounds) - min(bounds)) + 1e-3
     for ax, name, letter in ((axes[1], "baseline", "b"), (axes[2], "bn", "c")):
+        color = STYLES[name][0]
         run = results[name]
         for p in PERCENTILES:
-            ax.plot(run["step"], run["percentiles"][str(p)], "k", lw=1.5 if p == 50 else 0.8)
+            values = _floats(run["percentiles"][str(p)])
+            ax.plot(run["step"], values, color=color, lw=2.0 if p == 50 else 1.0)
         ax.set(
-            title=f"({letter}) {labels[name]}: sigmoid input, 15/50/85th %ile",
-            xlabel="training steps",
-            ylim=(low - margin, high + margin),
+            title=f"({letter}) {LABELS[name]}: 15th, 50th, 85th percentiles",
+            ylabel=f"input to one {activation} (last hidden layer)",
+            ylim=(min(bounds) - margin, max(bounds) + margin),
         )
+    for ax in axes:
+        ax.set_xlabel("training steps")
+        ax.grid(alpha=0.3)
+    handles = [axes[0].lines[i] for i in range(len(RUNS))]
+    fig.legend(handles, [LABELS[n] for n in RUNS], loc="outside upper right", ncols=2)
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
 
 
+def _floats(values: Sequence[Optional[float]]) -> List[float]:
+    """The values as floats, with NaN where results.json holds null."""
+    return [math.nan if v is None else float(v) for v in values]
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON null).
+
+    Python's json module writes NaN and Infinity as bare words that strict
+    parsers (JavaScript, ``json.loads(..., parse_constant=...)``) reject.
+
+    Examples:
+      >>> strict_json({"train_loss": [float("nan"), 2.3], "x": (float("inf"), 1)})
+      {'train_loss': [None, 2.3], 'x': [None, 1]}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def missing_requirements() -> List[str]:
+    """The distributions of the demo extra that cannot be imported here (nothing is imported).
+
+    Examples:
+      >>> missing_requirements()
+      []
+    """
+    return [
+        dist for module, dist in REQUIREMENTS.items() if importlib.util.find_spec(module) is None
+    ]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(
-        prog="python -m bnjax.demo", description=__doc__.splitlines()[0]
+        prog="python -m bnjax.demo",
+        description=__doc__,  # plain text, printed as written
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = ExperimentConfig()
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="SGD steps per network")
-    parser.add_argument("--out", default="figure1", help="output folder (created)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=defaults.steps,
+        help="SGD steps per network (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out", default="figure1", help="output folder, created (default: %(default)s)"
+    )
     parser.add_argument(
         "--seed",
         type=int,
         default=defaults.seed,
-        help="initialization, mini-batches and the digits train/test split",
+        help="initialization, mini-batches and the digits train/test split (default: %(default)s)",
     )
     parser.add_argument("--mnist", metavar="DIR", help="read MNIST IDX files from DIR")
     args = parser.parse_args(argv)
+    missing = missing_requirements()
+    if missing:
+        parser.exit(
+            2,
+            f"python -m bnjax.demo needs {' and '.join(missing)}, not installed here: "
+            'pip install "bnjax[demo]"\n',
+        )
     if args.steps < 1:
         parser.error(f"--steps must be a positive integer, got {args.steps}")
     if not 0 <= args.seed < 2**32:
@@ -174,9 +291,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     results = figure1(data, config)
     shared = {k: v for k, v in config._asdict().items() if k != "batch_norm"}  # both runs'
+    record = strict_json({**results, "config": shared, "data": data.name})
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({**results, "config": shared, "data": data.name}, f, indent=1)
-    plot_figure1(results, os.path.join(args.out, "figure1.png"))
+        json.dump(record, f, indent=1, allow_nan=False)
+    plot_figure1(record, os.path.join(args.out, "figure1.png"))
     print(format_table(results))
     seconds = time.perf_counter() - start
     print(f"wrote {args.out}/results.json and {args.out}/figure1.png in {seconds:.0f} s")

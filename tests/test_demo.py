@@ -3,6 +3,8 @@
 import gzip
 import json
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -140,10 +142,17 @@ def test_batch_norm_trains_faster(short_runs):
     assert bn[-1] > 0.93
 
 
+def reject_constant(name):
+    raise ValueError(f"not strict JSON: {name}")
+
+
 def test_main_writes_results_figure_and_table(tmp_path, capsys):
     out = tmp_path / "out"
     assert demo.main(["--steps", "40", "--out", str(out), "--seed", "3"]) == 0
-    results = json.loads((out / "results.json").read_text())
+    # Strict JSON: a parser that rejects NaN/Infinity reads it; the missing first loss is null.
+    results = json.loads((out / "results.json").read_text(), parse_constant=reject_constant)
+    assert results["bn"]["train_loss"][0] is None and results["baseline"]["train_loss"][0] is None
+    assert all(isinstance(v, float) for v in results["bn"]["train_loss"][1:])
     assert results["data"] == "digits" and results["config"]["seed"] == 3
     assert "batch_norm" not in results["config"]  # the settings both runs share
     for name in ("bn", "baseline"):
@@ -204,3 +213,108 @@ def test_record_steps_are_spread_evenly():
 def test_bad_experiment_configs_are_named(changes, message):
     with pytest.raises(ValueError, match=message):
         demo.run_experiment(demo.ExperimentConfig()._replace(**changes), demo.load_digits())
+
+
+def test_strict_json_parser_rejects_what_python_writes_by_default():
+    with pytest.raises(ValueError, match="not strict JSON: NaN"):
+        json.loads(json.dumps([float("nan")]), parse_constant=reject_constant)
+    value = {"a": [float("nan"), float("inf"), -float("inf"), 1.5], "b": (2, "x", None)}
+    text = json.dumps(demo.strict_json(value), allow_nan=False)
+    assert json.loads(text, parse_constant=reject_constant) == {
+        "a": [None, None, None, 1.5],
+        "b": [2, "x", None],
+    }
+
+
+@pytest.mark.parametrize(
+    "blocked, named",
+    [
+        (("sklearn",), "scikit-learn"),
+        (("matplotlib",), "matplotlib"),
+        (("optax",), "optax"),
+        (("sklearn", "matplotlib"), "scikit-learn and matplotlib"),
+    ],
+)
+def test_main_without_the_demo_extra_stops_before_any_work(
+    tmp_path, capsys, monkeypatch, blocked, named
+):
+    for module in blocked:
+        monkeypatch.setitem(sys.modules, module, None)  # what a missing package looks like
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--steps", "40", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and captured.out == ""
+    assert captured.err == (
+        f'python -m bnjax.demo needs {named}, not installed here: pip install "bnjax[demo]"\n'
+    )
+    assert not out.exists()  # nothing was done
+
+
+def test_command_line_without_the_demo_extra(tmp_path):
+    # python -m bnjax.demo in a process where scikit-learn cannot be imported: importing
+    # bnjax.demo does not need the extra, and the command stops with one line.
+    blocked = (
+        "import runpy, sys; sys.modules['sklearn'] = None; "
+        f"sys.argv = ['bnjax.demo', '--out', {str(tmp_path / 'out')!r}]; "
+        "runpy.run_module('bnjax.demo', run_name='__main__', alter_sys=True)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        'python -m bnjax.demo needs scikit-learn, not installed here: pip install "bnjax[demo]"'
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_is_plain_text(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--help"])
+    printed = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "``" not in printed and "::" not in printed  # no reStructuredText markup
+    assert "DIR/results.json" in printed and 'pip install "bnjax[demo]"' in printed
+    assert "(default: 50000)" in printed
+
+
+def test_accuracy_floor_zooms_to_where_the_curves_end():
+    def runs(baseline, bn):
+        steps = list(range(0, 10 * len(baseline), 10))
+        return {
+            "baseline": {"step": steps, "test_accuracy": baseline},
+            "bn": {"step": steps, "test_accuracy": bn},
+        }
+
+    # The digits run: lowest late accuracy 0.958 → 0.908 → rounded down to 0.90.
+    assert (
+        demo.accuracy_floor(runs([0.1, 0.5, 0.96, 0.958, 0.964], [0.1, 0.9, 0.98, 0.99, 0.992]))
+        == 0.9
+    )
+    # Early records (the climb from chance) do not widen the range; a late dip does.
+    assert demo.accuracy_floor(runs([0.1, 0.1, 0.8, 0.85, 0.9], [0.1, 0.1, 0.9, 0.9, 0.9])) == 0.65
+    # Room below: at least 60% of the distance to 1, so a poor run shows from 0.
+    assert demo.accuracy_floor(runs([0.1, 0.1, 0.1, 0.12, 0.1], [0.1, 0.3, 0.5, 0.7, 0.9])) == 0.0
+    # Missing values (null in results.json) are skipped; perfect runs still show a range.
+    assert demo.accuracy_floor(runs([0.1, 1.0, None, 1.0, 1.0], [0.1, 1.0, 1.0, 1.0, 1.0])) == 0.95
+
+
+def test_figure_has_labels_a_zoomed_accuracy_panel_and_the_data_set(tmp_path, short_runs):
+    record = demo.strict_json({**short_runs, "data": "digits", "config": {"activation": "sigmoid"}})
+    fig = demo.plot_figure1(record, str(tmp_path / "f.png"))
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    assert "digits" in fig.get_suptitle()
+    accuracy, without, with_bn = fig.axes
+    assert accuracy.get_ylabel() == "test accuracy"
+    assert (
+        without.get_ylabel() == with_bn.get_ylabel() == "input to one sigmoid (last hidden layer)"
+    )
+    assert all(ax.get_xlabel() == "training steps" for ax in fig.axes)
+    assert accuracy.get_ylim() == (demo.accuracy_floor(short_runs), 1.0)
+    final = min(run["test_accuracy"][-1] for run in short_runs.values())
+    assert accuracy.get_ylim()[0] <= final - 0.05  # both curves' ends are inside the panel
+    # One legend for the figure, outside the panels: it covers no curve.
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["without BN", "with BN"]
+    assert without.get_ylim() == with_bn.get_ylim()  # one scale for (b) and (c)
