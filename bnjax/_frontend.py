@@ -51,6 +51,18 @@ def core_options(module, *, initializing: bool = False, population: bool = False
     )
 
 
+def renorm_limits(module, *, population: bool = False) -> Optional[Tuple[float, float]]:
+    """``(r_max, d_max)`` for a ``renorm=True`` module in training, else None.
+
+    In population mode a renorm layer normalizes with its batch statistics, as
+    plain batch norm (r = 1, d = 0): the population statistics being built
+    replace the running statistics that r and d would refer to, and the layers
+    after it then see activations normalized as they will be at inference
+    (see ``bnjax.recompute_population_stats``).
+    """
+    return (module.r_max, module.d_max) if module.renorm and not population else None
+
+
 def resolve_use_running_average(
     attribute: Optional[bool], argument: Optional[bool], *, call_overrides: bool
 ) -> bool:
@@ -98,7 +110,18 @@ def check_feature_shape(expected: Tuple[int, ...], x: jax.Array, axis) -> None:
 
 
 def _widest(dtypes) -> jnp.dtype:
-    """The widest floating dtype; two different ones of the same width give float32."""
+    """The widest inexact dtype; two different real ones of the same width give float32.
+
+    A complex dtype among them gives the complex dtype whose parts are at least as wide as
+    every real dtype (complex64 with float32, complex128 with float64), as JAX's promotion.
+    """
+    complexes = [d for d in dtypes if jnp.issubdtype(d, jnp.complexfloating)]
+    if complexes:
+        part = max(
+            [d.itemsize // 2 for d in complexes]
+            + [d.itemsize for d in dtypes if d not in complexes]
+        )
+        return jnp.dtype(jnp.complex128 if part > 4 else jnp.complex64)
     widest = max(dtypes, key=lambda d: d.itemsize)
     if any(d.itemsize == widest.itemsize and d != widest for d in dtypes):
         return jnp.dtype(jnp.float32)
@@ -108,15 +131,26 @@ def _widest(dtypes) -> jnp.dtype:
 def output_dtype(x: jax.Array, dtype, *promoted_with: Optional[jax.Array]) -> jnp.dtype:
     """Flax's rule: ``dtype`` when given, else x promoted with the given variables.
 
-    Written out for floating dtypes so that it also holds under
+    Written out for inexact dtypes so that it also holds under
     ``jax_numpy_dtype_promotion="strict"``; non-floating x (ints) is promoted
-    like Flax does, to the variables' floating dtype.
+    like Flax does, to the variables' inexact dtype.
     """
     if dtype is not None:
         return jnp.dtype(dtype)
     dtypes = [jnp.dtype(v.dtype) for v in (x, *promoted_with) if v is not None]
-    floats = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
-    return _widest(floats) if floats else jnp.dtype(jnp.float32)
+    inexact = [d for d in dtypes if jnp.issubdtype(d, jnp.inexact)]
+    return _widest(inexact) if inexact else jnp.dtype(jnp.float32)
+
+
+def promote_like_flax_nnx(arrays, dtype):
+    """``flax.nnx.nn.dtypes.promote_dtype`` for ``(x, mean, var, scale, bias)``, strict-safe.
+
+    Casts every array that is not None to ``dtype``, or when None to the
+    promotion of all of them (``output_dtype``), which is what Flax's default
+    ``promote_dtype`` computes under standard promotion.
+    """
+    target = output_dtype(*arrays[:1], dtype, *arrays[1:])
+    return tuple(None if a is None else jnp.asarray(a).astype(target) for a in arrays)
 
 
 def call_core(
@@ -145,8 +179,8 @@ def call_core(
     out_dtype = output_dtype(x, dtype, *promoted_with)
     # The statistics come from x itself (or x widened to the output dtype), as in Flax;
     # a narrower output dtype only rounds the result.
-    x_is_float = jnp.issubdtype(x.dtype, jnp.floating)
-    x = x.astype(_widest([out_dtype, x.dtype]) if x_is_float else out_dtype)
+    x_is_inexact = jnp.issubdtype(x.dtype, jnp.inexact)
+    x = x.astype(_widest([out_dtype, x.dtype]) if x_is_inexact else out_dtype)
     state = BatchNormState(mean, var, jnp.zeros((), jnp.int32) if count is None else count)
     kwargs = options._asdict()
     params = BatchNormParams(scale, bias)

@@ -4,35 +4,39 @@ Recomputing them runs the model in training mode over some batches while every
 bnjax layer keeps the exact average of its batch means and of its unbiased
 batch variances: the core's own ``momentum=None, unbiased=True`` mode, applied
 to a fresh set of statistics. Linen layers keep that set in the
-``bnjax_population`` collection while ``population_mode()`` is active; NNX
-layers are switched in place (see ``bnjax.nnx.recompute_population_stats``).
+``bnjax_population`` collection when the tool names it in ``mutable``; NNX
+layers do so in a copy of the model (see ``bnjax.nnx.recompute_population_stats``).
+Each layer also counts its training calls, so that a call whose batch gave no
+usable statistics (one element with the unbiased variance, no valid element,
+NaN/Inf) is an error naming the layer, never a silently skipped batch.
 """
 
-import contextlib
-import contextvars
 from typing import Any, Iterable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 
 COLLECTION = "bnjax_population"
-_ACTIVE = contextvars.ContextVar("bnjax_population_mode", default=False)
 
 
-@contextlib.contextmanager
-def population_mode() -> Iterator[None]:
-    """While active (at trace time), training linen layers update ``COLLECTION`` instead."""
-    token = _ACTIVE.set(True)
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
+def _named_collections(mutable) -> frozenset:
+    """The collections a ``mutable`` filter names explicitly (not ``True`` or a DenyList)."""
+    if isinstance(mutable, str):
+        return frozenset([mutable])
+    if isinstance(mutable, (list, tuple, set, frozenset)):
+        return frozenset().union(*(_named_collections(m) for m in mutable))
+    return frozenset()
 
 
-def population_mode_active() -> bool:
-    """Whether ``population_mode()`` is active."""
-    return _ACTIVE.get()
+def population_requested(module) -> bool:
+    """Whether a linen layer runs for ``recompute_population_stats``.
+
+    The tool says so explicitly: it names ``COLLECTION`` in ``mutable``
+    (``mutable=True`` or a ``DenyList`` does not count).
+    """
+    return COLLECTION in _named_collections(module.scope.mutable)
 
 
 def iterate_batches(batches: Iterable, progress: bool, description: str) -> Iterator:
@@ -57,6 +61,27 @@ def iterate_batches(batches: Iterable, progress: bool, description: str) -> Iter
     return iter(tqdm(chained(), total=total, desc=description, unit="batch"))
 
 
+def check_contributions(layers: Mapping[str, tuple]) -> None:
+    """Raises unless every training call of every layer entered its population statistics.
+
+    Args:
+      layers: ``{layer name: (calls, count)}``: how often the layer ran in
+        training mode, and how many of those calls its statistics counted.
+    """
+    for name, (calls, count) in layers.items():
+        calls, count = int(calls), np.asarray(count)
+        if np.any(count != calls):
+            missing = calls - int(np.min(count))
+            raise ValueError(
+                f"recompute_population_stats: the BatchNorm layer {name!r} got no usable "
+                f"statistics from {missing} of its {calls} training call(s): a batch of one "
+                "element has no unbiased variance, and a batch with no valid element (mask) or "
+                "with NaN/Inf values has no statistics. Population statistics average every "
+                "batch: drop such batches (e.g. a last batch of one example). The variables "
+                "were left unchanged."
+            )
+
+
 def _fresh_statistics(shapes: Mapping) -> Any:
     """Zeros for means and counts, ones for variances, shaped like ``shapes``."""
     flat = traverse_util.flatten_dict(shapes)
@@ -73,12 +98,17 @@ def recompute_population_stats(
     """Sets every bnjax linen layer's running statistics to population statistics.
 
     Runs ``model.apply(variables, batch, **apply_kwargs)`` over the batches
-    (compiled once) and sets each ``bnjax.BatchNorm`` layer that ran in
-    training mode to the average of its batch means and of its unbiased batch
-    variances m/(m−1)·σ²_B. Every layer sees the activations of the current
-    parameters; parameters and all other collections are returned unchanged.
-    Pass what puts the model in training mode in ``apply_kwargs`` (for example
-    ``train=True``); masks and sharded batches work as in training.
+    (one ``jax.jit`` step, compiled once per distinct batch shape and dtype)
+    and sets each ``bnjax.BatchNorm`` layer that ran in training mode to the
+    average of its batch means and of its unbiased batch variances
+    m/(m−1)·σ²_B. Every layer sees the activations of the current parameters,
+    each BatchNorm before it normalizing with its batch statistics (a
+    ``renorm=True`` layer too: r = 1, d = 0, since the statistics r and d refer
+    to are the ones being replaced). Parameters and all other collections are
+    returned unchanged, and so are the statistics of layers that did not run in
+    training mode. Pass what puts the model in training mode in
+    ``apply_kwargs`` (for example ``train=True``); masks and sharded batches
+    work as in training.
 
     Args:
       model: a linen module containing ``bnjax.BatchNorm`` layers.
@@ -91,21 +121,31 @@ def recompute_population_stats(
       The variables with new ``batch_stats``.
 
     Raises:
-      ValueError: for an empty iterable, or when no bnjax BatchNorm layer ran
-        in training mode.
+      ValueError: for an empty iterable; when no bnjax BatchNorm layer ran in
+        training mode; when a layer got no usable statistics from one of the
+        batches (a batch of one element, no valid element, NaN/Inf), naming
+        the layer. Nothing is returned then.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, bnjax
+      >>> bn = bnjax.BatchNorm(use_running_average=False)
+      >>> variables = bn.init(jax.random.key(0), jnp.zeros((2, 1)))
+      >>> batches = [jnp.array([[0.0], [2.0]]), jnp.array([[4.0], [6.0]])]
+      >>> new = bnjax.recompute_population_stats(bn, variables, batches, progress=False)
+      >>> new["batch_stats"]["mean"], new["batch_stats"]["var"]  # unbiased variances 2 and 2
+      (Array([3.], dtype=float32), Array([2.], dtype=float32))
     """
     variables = dict(variables)
     batches = iterate_batches(batches, progress, "population statistics")
     first = next(batches)
 
     def step(population, batch):
-        with population_mode():
-            _, updates = model.apply(
-                {**variables, COLLECTION: population},
-                batch,
-                mutable=[COLLECTION, "batch_stats"],
-                **apply_kwargs,
-            )
+        _, updates = model.apply(
+            {**variables, COLLECTION: population},
+            batch,
+            mutable=[COLLECTION, "batch_stats"],  # naming COLLECTION selects population mode
+            **apply_kwargs,
+        )
         return updates[COLLECTION]
 
     shapes = jax.eval_shape(step, {}, first)
@@ -119,8 +159,16 @@ def recompute_population_stats(
     for batch in batches:
         population = step(population, batch)
 
+    flat = traverse_util.flatten_dict(population)
+    check_contributions(
+        {
+            "/".join(path[:-1]) or type(model).__name__: (calls, flat[(*path[:-1], "count")])
+            for path, calls in flat.items()
+            if path[-1] == "calls"
+        }
+    )
     batch_stats = traverse_util.flatten_dict(dict(variables.get("batch_stats", {})))
-    for path, value in traverse_util.flatten_dict(population).items():
+    for path, value in flat.items():
         if path[-1] in ("mean", "var") or path in batch_stats:  # count: momentum=None layers
             batch_stats[path] = value
     return {**variables, "batch_stats": traverse_util.unflatten_dict(batch_stats)}

@@ -12,9 +12,10 @@ from ._frontend import (
     check_feature_shape,
     core_options,
     feature_shape_of,
+    renorm_limits,
     resolve_use_running_average,
 )
-from ._population import COLLECTION, population_mode_active
+from ._population import COLLECTION, population_requested
 
 
 class BatchNorm(nn.Module):
@@ -115,17 +116,20 @@ class BatchNorm(nn.Module):
         )
         feature_shape = feature_shape_of(x, self.axis)
         initializing = self.is_initializing()
-        population = train and not initializing and population_mode_active()
-        mean, var, count = self._statistics(x, feature_shape, train and not initializing)
+        updating = train and not initializing
+        # Population statistics (precise BN): the tool names its collection in `mutable`.
+        population = updating and population_requested(self)
+        mean, var, count = self._statistics(x, feature_shape, updating)
         if population:  # fresh statistics that keep the exact average (precise BN)
             mean, var, count = self._statistics(x, feature_shape, False, COLLECTION)
+            calls = self.variable(COLLECTION, "calls", jnp.zeros, (), jnp.int32)
+            calls.value = calls.value + 1
         scale = bias = None
         if self.use_scale:
             scale = self.param("scale", self.scale_init, feature_shape, self.param_dtype)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, feature_shape, self.param_dtype)
 
-        options = core_options(self, initializing=initializing, population=population)
         y, new_state = call_core(
             x,
             scale,
@@ -135,16 +139,17 @@ class BatchNorm(nn.Module):
             None if count is None else count.value,
             train,
             self.dtype,
-            options,
+            core_options(self, initializing=initializing, population=population),
             mask,
-            (self.r_max, self.d_max) if self.renorm else None,
+            renorm_limits(self, population=population),
         )
-        if train and not initializing:
+        if updating:
             mean.value, var.value = new_state.mean, new_state.var
             if count is not None:
                 count.value = new_state.count
         return y
 
+    @nn.nowrap  # runs inside __call__'s compact scope (Module.tabulate, shared modules)
     def _statistics(self, x, feature_shape, updating: bool, collection: str = "batch_stats"):
         """The (mean, var, count) variables of ``collection``; count only where needed.
 

@@ -7,9 +7,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.nnx import initializers
+from flax.nnx.nn import dtypes as flax_dtypes
 
-from ._frontend import call_core, check_feature_shape, core_options, resolve_use_running_average
-from ._population import iterate_batches
+from ._frontend import (
+    call_core,
+    check_feature_shape,
+    core_options,
+    output_dtype,
+    promote_like_flax_nnx,
+    renorm_limits,
+    resolve_use_running_average,
+)
+from ._population import check_contributions, iterate_batches
 from ._validate import feature_shape_from
 
 
@@ -29,7 +38,8 @@ class BatchNorm(nnx.Module):
       momentum: Flax's convention; None keeps the exact average over all
         batches (a ``count`` ``BatchStat`` is then kept too).
       epsilon: added to the variance.
-      dtype: computation and output dtype; None promotes x with the parameters.
+      dtype: computation and output dtype; None promotes x with the parameters
+        and the statistics (``promote_dtype``).
       param_dtype: dtype of scale and bias.
       use_bias: whether to learn β.
       use_scale: whether to learn γ.
@@ -46,6 +56,12 @@ class BatchNorm(nnx.Module):
       r_max: clip of r when ``renorm``.
       d_max: clip of d when ``renorm``.
       check_values: opt-in value checks (see ``bnjax.batch_norm``).
+      promote_dtype: as in ``flax.nnx.BatchNorm``: called as
+        ``promote_dtype((x, mean, var, scale, bias), dtype=dtype)``, it returns
+        them cast to the computation dtype; the statistics come from the cast
+        x (in at least float32), and running statistics keep their own dtype.
+        Flax's default (``flax.nnx.nn.dtypes.promote_dtype``) is applied by an
+        equivalent that also works under strict dtype promotion.
       rngs: ``nnx.Rngs`` for the initializers.
       bias_metadata: metadata of the bias ``nnx.Param``.
       scale_metadata: metadata of the scale ``nnx.Param``.
@@ -85,6 +101,7 @@ class BatchNorm(nnx.Module):
         r_max: float = 3.0,
         d_max: float = 5.0,
         check_values: bool = False,
+        promote_dtype: Any = flax_dtypes.promote_dtype,
         rngs: nnx.Rngs,
         bias_metadata: Mapping[str, Any] = MappingProxyType({}),
         scale_metadata: Mapping[str, Any] = MappingProxyType({}),
@@ -117,6 +134,7 @@ class BatchNorm(nnx.Module):
         self.r_max = r_max
         self.d_max = d_max
         self.check_values = check_values
+        self.promote_dtype = promote_dtype
 
     def __call__(
         self,
@@ -140,25 +158,34 @@ class BatchNorm(nnx.Module):
             self.use_running_average, use_running_average, call_overrides=True
         )
         check_feature_shape(self.mean.shape, x, self.axis)
-        if train and self.momentum is None and self.count is None:
+        # recompute_population_stats marks its copy of the model with this counter.
+        population = train and vars(self).get("population_calls") is not None
+        if train and self.momentum is None and self.count is None and not population:
             raise ValueError(
                 "momentum=None keeps an exact average and needs a count: create the layer "
                 "with bnjax.nnx.BatchNorm(..., momentum=None) instead of setting it later"
             )
-        options = core_options(self)
+        mean, var = self.mean[...], self.var[...]
+        scale = None if self.scale is None else self.scale[...]
+        bias = None if self.bias is None else self.bias[...]
+        promote = self.promote_dtype
+        if promote is flax_dtypes.promote_dtype:
+            promote = promote_like_flax_nnx
+        x, mean_p, var_p, scale, bias = promote((x, mean, var, scale, bias), dtype=self.dtype)
+        if population:
+            self.population_calls[...] += 1
         y, new_state = call_core(
             x,
-            None if self.scale is None else self.scale[...],
-            None if self.bias is None else self.bias[...],
-            self.mean[...],
-            self.var[...],
+            scale,
+            bias,
+            mean_p if not train else mean,  # the running statistics keep their dtype (as Flax)
+            var_p if not train else var,
             None if self.count is None else self.count[...],
             train,
-            self.dtype,
-            options,
+            output_dtype(x, self.dtype, scale, bias),
+            core_options(self, population=population),
             mask,
-            (self.r_max, self.d_max) if self.renorm else None,
-            promote_with_statistics=True,
+            renorm_limits(self, population=population),
         )
         if train:
             self.mean[...] = new_state.mean
@@ -180,12 +207,18 @@ class BatchNorm(nnx.Module):
 def recompute_population_stats(model: nnx.Module, batches, *, progress: bool = True) -> None:
     """Sets every ``bnjax.nnx.BatchNorm`` in ``model`` to population statistics, in place.
 
-    Runs ``model(batch)`` over the batches (compiled once) with every bnjax
-    BatchNorm layer in training mode, keeping the exact average of its batch
-    means and of its unbiased batch variances m/(m−1)·σ²_B (the core's
-    ``momentum=None, unbiased=True``); afterwards each layer's mode and
-    options are restored. Parameters are untouched; other layers (dropout, ...)
-    run in whatever mode they are in.
+    Runs ``model(batch)`` over the batches (one ``nnx.jit`` step, compiled once
+    per distinct batch shape and dtype) on a copy of the model (``nnx.clone``)
+    in which every bnjax BatchNorm layer trains and keeps the exact average of
+    its batch means and of its unbiased batch variances m/(m−1)·σ²_B (the
+    core's ``momentum=None, unbiased=True``), a ``renorm=True`` layer
+    normalizing with its batch statistics as plain batch norm. Only when every
+    batch has run are the new ``mean`` and ``var`` (and ``count`` of a
+    ``momentum=None`` layer) written into ``model``: on any error the model is
+    exactly as it was. Nothing else in ``model`` changes (parameters, modes,
+    options, other layers' state such as random-number streams); a layer that
+    ran only in evaluation mode (a call-time ``use_running_average=True``)
+    keeps its statistics.
 
     Args:
       model: an NNX module containing ``bnjax.nnx.BatchNorm`` layers.
@@ -193,7 +226,10 @@ def recompute_population_stats(model: nnx.Module, batches, *, progress: bool = T
       progress: show a tqdm progress bar.
 
     Raises:
-      ValueError: for an empty iterable or a model without bnjax BatchNorm layers.
+      ValueError: for an empty iterable, a model without bnjax BatchNorm
+        layers or none that ran in training mode, or a layer that got no
+        usable statistics from one of the batches (a batch of one element, no
+        valid element, NaN/Inf), naming the layer.
 
     Examples:
       >>> import jax.numpy as jnp, bnjax
@@ -204,29 +240,43 @@ def recompute_population_stats(model: nnx.Module, batches, *, progress: bool = T
       >>> bn.mean[...], bn.var[...]  # means 1 and 5; unbiased variances 2 and 2
       (Array([3.], dtype=float32), Array([2.], dtype=float32))
     """
-    layers = [node for _, node in nnx.iter_graph(model) if isinstance(node, BatchNorm)]
+    layers = _bnjax_layers(model)
     if not layers:
         raise ValueError(
             f"recompute_population_stats found no bnjax.nnx.BatchNorm in {type(model).__name__}"
         )
     batches = iterate_batches(batches, progress, "population statistics")
-    saved = [(layer.use_running_average, layer.momentum, layer.unbiased, layer.count)
-             for layer in layers]  # fmt: skip
-    for layer in layers:
-        layer.use_running_average, layer.momentum, layer.unbiased = False, None, True
-        layer.count = nnx.BatchStat(jnp.zeros((), jnp.int32))
+    work = nnx.clone(model)  # arrays are shared, not copied; the model stays untouched
+    work_layers = _bnjax_layers(work)
+    for layer in work_layers.values():
+        layer.use_running_average = False
         layer.mean[...] = jnp.zeros_like(layer.mean[...])
         layer.var[...] = jnp.ones_like(layer.var[...])
+        layer.count = nnx.BatchStat(jnp.zeros((), jnp.int32))
+        layer.population_calls = nnx.BatchStat(jnp.zeros((), jnp.int32))
     step = nnx.jit(lambda model, batch: model(batch))
-    try:
-        for batch in batches:
-            step(model, batch)
-    finally:
-        for layer, (use_running_average, momentum, unbiased, count) in zip(
-            layers, saved, strict=True
-        ):
-            layer.use_running_average, layer.momentum, layer.unbiased = (
-                use_running_average, momentum, unbiased,
-            )  # fmt: skip
-            if momentum is not None:  # a layer that keeps the exact average keeps its new count
-                layer.count = count
+    for batch in batches:
+        step(work, batch)
+    ran = {path: layer for path, layer in work_layers.items() if layer.population_calls[...] > 0}
+    if not ran:
+        raise ValueError(
+            "no bnjax.nnx.BatchNorm layer ran in training mode: every call passed "
+            "use_running_average=True"
+        )
+    check_contributions(
+        {path: (layer.population_calls[...], layer.count[...]) for path, layer in ran.items()}
+    )
+    for path, new in ran.items():
+        layer = layers[path]
+        layer.mean[...], layer.var[...] = new.mean[...], new.var[...]
+        if layer.count is not None:  # a layer that keeps the exact average keeps the new count
+            layer.count[...] = new.count[...]
+
+
+def _bnjax_layers(model: nnx.Module) -> dict:
+    """``{path: layer}`` of the bnjax BatchNorm layers in ``model`` (each once)."""
+    return {
+        ".".join(map(str, path)) or type(model).__name__: node
+        for path, node in nnx.iter_graph(model)
+        if isinstance(node, BatchNorm)
+    }
