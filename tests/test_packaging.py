@@ -11,7 +11,7 @@ fresh environment's path, after its own site-packages and as a plain path, so th
 files in there (among them the editable install of this checkout) do not run. The tests assert
 that bnjax is imported from the fresh environment and that the reused packages satisfy what the
 wheel requires. A fresh environment with a real ``pip install .`` from the package index was
-checked by hand (CHANGELOG.md); it is too slow for the suite.
+checked by hand (README, Development); it is too slow for the suite.
 """
 
 import ast
