@@ -103,8 +103,8 @@ def test_library_imports_only_its_dependencies():
     # bnjax/*.py other than the applications import the standard library, the declared
     # dependencies and bnjax only; optax, scikit-learn, matplotlib are the applications'.
     imported = set()
-    for path in PACKAGE.glob("*.py"):
-        if path.name in APPLICATIONS:
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).parts[0] in APPLICATIONS:
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
