@@ -9,7 +9,7 @@ from . import _checks, _validate
 from ._ghost import check_virtual_batch_size, normalize_virtual_batches
 from ._renorm import check_renorm_limits, renorm_scale_and_bias
 from ._running import update_running_stats
-from ._stats import accumulation_dtype
+from ._stats import accumulation_dtype, shift_dtype
 from ._transform import normalize_eval, normalize_train
 from ._types import BatchNormParams, BatchNormState
 from ._validate import feature_shape_from
@@ -228,8 +228,7 @@ def batch_renorm(
       >>> bool(jnp.array_equal(y, y_bn))
       True
     """
-    if train:
-        check_renorm_limits(r_max, d_max)
+    check_renorm_limits(r_max, d_max)
     return _normalize(
         x, params, state, train, axis=axis, momentum=momentum, epsilon=epsilon,
         unbiased=unbiased, mask=mask, axis_name=axis_name, axis_index_groups=axis_index_groups,
@@ -246,10 +245,12 @@ def _normalize(
     _validate.check_config(momentum, epsilon, unbiased, axis_name, axis_index_groups)
     x = _validate.check_input(x)
     layout = _validate.layout_of(x, axis, train)
-    _validate.check_params_and_state(params, state, layout)
+    _validate.check_params_and_state(params, state, layout, x, train)
     mask = _validate.check_mask(mask, x)
-    if train:
-        check_virtual_batch_size(virtual_batch_size, x, layout, axis_name)
+    check_virtual_batch_size(virtual_batch_size, x, layout, axis_name, train)
+    if renorm is not None and jnp.iscomplexobj(x):
+        raise TypeError(f"batch_renorm needs real x, got dtype {x.dtype}")
+    _validate.check_axis_name(axis_name)
 
     acc = accumulation_dtype(x.dtype)
     scale = _per_feature(params.scale, 1.0, layout, acc)
@@ -257,7 +258,7 @@ def _normalize(
     if check_values:
         _checks.check_input_values(x, layout.reduce_axes)
         _checks.check_running_stats(state.mean, state.var)
-    running_mean = _per_feature(state.mean, 0.0, layout, acc)
+    running_mean = _per_feature(state.mean, 0.0, layout, shift_dtype(x.dtype))
     running_var = _per_feature(state.var, 1.0, layout, acc)
     if not train:
         return normalize_eval(x, scale, bias, running_mean, running_var, epsilon), state

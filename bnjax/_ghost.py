@@ -24,8 +24,10 @@ def _split_axis(shape: Tuple[int, ...], axis: int, groups: int) -> Tuple[int, ..
     return shape[:axis] + split + shape[axis + 1 :]
 
 
-def check_virtual_batch_size(size: Optional[int], x: jax.Array, layout: Layout, axis_name) -> None:
-    """Raises unless ``size`` divides the batch axis of ``x`` (the first reduced axis)."""
+def check_virtual_batch_size(
+    size: Optional[int], x: jax.Array, layout: Layout, axis_name, train: bool
+) -> None:
+    """Checks ``size`` (in every mode); in training, that it divides the batch axis of ``x``."""
     if size is None:
         return
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
@@ -35,6 +37,8 @@ def check_virtual_batch_size(size: Optional[int], x: jax.Array, layout: Layout, 
             "virtual_batch_size cannot be combined with axis_name: ghost batches are "
             f"normalized on their own device, got axis_name={axis_name!r}"
         )
+    if not train:  # evaluation uses the running statistics: any batch size is fine
+        return
     if not layout.reduce_axes:
         raise ValueError(f"virtual_batch_size needs a batch axis; x has shape {x.shape}")
     batch = x.shape[layout.reduce_axes[0]]
@@ -69,10 +73,12 @@ def normalize_virtual_batches(
         group's m/(m−1) correction.
 
     Returns:
-      ``(y, moments)``: the output, and the average over the groups (that have
-      a valid element) of their means and variances, the variance already
-      corrected when ``unbiased``; ``count`` is the total number of valid
-      elements.
+      ``(y, moments)``: the output, and the equally weighted average over
+      the groups of their means (groups with a valid element) and variances
+      (groups with a usable variance: with ``unbiased``, two or more valid
+      elements, each corrected by its own m/(m−1)); ``count`` is the total
+      number of valid elements. A feature with no such group gets NaN, which
+      leaves its running statistics unchanged.
     """
     batch_axis = layout.reduce_axes[0]
     groups = x.shape[batch_axis] // int(size)
@@ -87,15 +93,27 @@ def normalize_virtual_batches(
     y, moments = normalize_train(
         split(x), split(scale), split(bias), split(mask), reduce_axes, epsilon
     )
-    count, mean, var = (jnp.broadcast_to(m, moments.mean.shape) for m in moments)
+    count, mean, var = (
+        jnp.broadcast_to(m, moments.mean.shape) for m in (moments.count, moments.mean, moments.var)
+    )
+    # A group enters the mean when it has a valid element, and the variance when it
+    # has a usable one: with ``unbiased``, a group of a single valid element has no
+    # unbiased variance and contributes its mean only.
+    has_mean = count > 0
+    has_var = count > 1 if unbiased else has_mean
     if unbiased:
-        var = var * (count / (count - 1))
-    valid = count > 0
-    groups_valid = jnp.sum(valid, axis=batch_axis, keepdims=True, dtype=mean.dtype)
-    weights = jnp.where(valid, 1 / jnp.maximum(groups_valid, 1), jnp.zeros((), mean.dtype))
+        var = var * (count / jnp.maximum(count - 1, 1))
 
-    def average(values):
-        return jnp.sum(jnp.where(valid, values, 0) * weights, axis=batch_axis)
+    def average(values, valid):
+        groups = jnp.sum(valid, axis=batch_axis, keepdims=True, dtype=count.dtype)
+        weights = jnp.where(valid, 1 / jnp.maximum(groups, 1), jnp.zeros((), count.dtype))
+        total = jnp.sum(jnp.where(valid, values, jnp.zeros((), values.dtype)) * weights, batch_axis)
+        # A feature without any usable group gets NaN: the running update then keeps it.
+        return jnp.where(jnp.any(valid, axis=batch_axis), total, jnp.nan)
 
-    merged = Moments(jnp.sum(count, axis=batch_axis), average(mean), average(var))
+    merged_mean = average(mean, has_mean)
+    merged = Moments(
+        jnp.sum(count, axis=batch_axis), merged_mean, average(var, has_var), merged_mean,
+        jnp.zeros_like(merged_mean),
+    )  # fmt: skip
     return y.reshape(x.shape), merged

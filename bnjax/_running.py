@@ -3,6 +3,7 @@
 from typing import Optional
 
 import jax.numpy as jnp
+from jax import lax
 
 from ._stats import Moments, accumulation_dtype
 from ._types import BatchNormState
@@ -15,7 +16,7 @@ def update_running_stats(
     momentum: Optional[float],
     unbiased: bool,
 ) -> BatchNormState:
-    """Folds one batch's statistics into the running statistics.
+    """Folds one batch's statistics into the running statistics, feature by feature.
 
     ``momentum`` follows Flax: ``new = momentum·old + (1 − momentum)·batch``.
     ``momentum=None`` keeps the exact cumulative average over all batches
@@ -23,40 +24,49 @@ def update_running_stats(
     batch variance enters as m/(m−1)·σ²_B, m the number of elements that
     entered the statistics.
 
-    A batch with a feature whose statistics are not finite (NaN/Inf in x, an
-    unbiased variance of a single element) or that has no valid element
-    leaves the whole state as it was: every feature and ``count``.
+    A feature whose batch statistics cannot be used (no valid element, a NaN
+    or Inf in its values, an unbiased variance of a single element) keeps its
+    own running mean and variance; the other features update. ``count``, the
+    number of batches folded in, advances when at least one feature updated.
+    With ``momentum=None`` the weight 1/(count + 1) is shared, so a feature
+    that missed some batches averages the ones it saw with slightly unequal
+    weights (exact for every feature that was valid in every batch).
+
+    The new statistics carry no gradient (``stop_gradient``, as in Flax):
+    they are state, not a function to differentiate.
 
     Args:
-      state: the running statistics before this batch.
+      state: the running statistics before this batch (float32 or wider).
       batch: the batch ``Moments`` (keepdims shapes).
       feature_shape: the shape of ``state.mean``.
       momentum: float in [0, 1] or None.
       unbiased: whether to apply Bessel's correction to the batch variance.
 
     Returns:
-      The new ``BatchNormState``.
+      The new ``BatchNormState``, in the dtypes of ``state`` (the mean becomes
+      complex for complex input, as in Flax).
 
     """
-    # At least float32 arithmetic whatever the state's dtype: in bfloat16, 0.99·old +
-    # 0.01·batch rounds small steps away. The result is stored in the state's dtype.
-    dtype = accumulation_dtype(state.mean.dtype)
-    count = jnp.broadcast_to(batch.count, batch.mean.shape).reshape(feature_shape)
-    mean = batch.mean.reshape(feature_shape)
-    var = batch.var.reshape(feature_shape)
+    dtype = accumulation_dtype(state.var.dtype)
+    count = jnp.broadcast_to(batch.count, batch.var.shape).reshape(feature_shape)
+    mean = lax.stop_gradient(batch.mean.reshape(feature_shape))
+    var = lax.stop_gradient(batch.var.reshape(feature_shape))
     if unbiased:
         var = var * (count / (count - 1))
-    mean, var = mean.astype(dtype), var.astype(dtype)
+    mean_dtype = jnp.result_type(state.mean.dtype, mean.dtype)  # complex x: complex mean
+    mean, var = mean.astype(mean_dtype), var.astype(dtype)
     if momentum is None:
         seen = state.count.astype(dtype)
         keep, weight = seen / (seen + 1), 1 / (seen + 1)
     else:
         keep, weight = jnp.asarray(momentum, dtype), jnp.asarray(1.0 - momentum, dtype)
-    new_mean = (keep * state.mean.astype(dtype) + weight * mean).astype(state.mean.dtype)
-    new_var = (keep * state.var.astype(dtype) + weight * var).astype(state.var.dtype)
-    ok = jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(var)) & jnp.all(count > 0)
+    new_mean = (
+        keep.astype(mean_dtype) * state.mean.astype(mean_dtype) + weight.astype(mean_dtype) * mean
+    )
+    new_var = keep * state.var.astype(dtype) + weight * var
+    ok = jnp.isfinite(mean) & jnp.isfinite(var) & (count > 0)
     return BatchNormState(
-        mean=jnp.where(ok, new_mean, state.mean),
-        var=jnp.where(ok, new_var, state.var),
-        count=jnp.where(ok, state.count + 1, state.count).astype(state.count.dtype),
+        mean=jnp.where(ok, new_mean, state.mean.astype(mean_dtype)),
+        var=jnp.where(ok, new_var, state.var).astype(state.var.dtype),
+        count=jnp.where(jnp.any(ok), state.count + 1, state.count).astype(state.count.dtype),
     )

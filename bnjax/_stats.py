@@ -1,15 +1,37 @@
-"""Batch moments: exact at large offsets, float32 sums, one collective.
+"""Batch moments: exact for any input, float32 sums, one collective.
 
 E[x²] − E[x]² cancels catastrophically when |mean| ≫ std. The variance uses
-the shifted one-pass method (Chan, Golub & LeVeque, 1983): a per-feature shift
-K taken from the data is subtracted before summing Σ(x−K) and Σ(x−K)², two
-independent reductions over x (fused into one kernel where the compiler fuses
-sibling reductions, as XLA:GPU does). The mean K + Σ(x−K)/m is then within
-half a float32 ulp; a plain Σx/m errs by several ulps at |mean|/std = 1e4,
-which is why the classic two-pass method is not used even on CPU, where it
-would be a little faster. Across devices each device computes its own
-(count, mean, M2) and the triples are combined with Chan's formula after a
-single all-reduce that gathers them (see ``gather_by_sum``).
+the shifted method (Chan, Golub & LeVeque, 1983): with a per-feature shift K
+taken from the data, Σ(x−K) and Σ(x−K)² are two independent reductions over
+x, and M2 = Σ(x−K)² − (Σ(x−K))²/m. Its cancellation costs a relative error
+of about eps·q, where q = Σ(x−K)²/M2 = 1 + ((K − μ)/σ)², so the method is
+exact exactly when K is within a few σ of the mean, whatever the data.
+
+Two things make that hold for every input, not just typical ones:
+
+1. **A robust shift.** K is the mean of the first slice(s) along the batch
+   axis, taken over at least ``SHIFT_SAMPLE`` elements per feature (one
+   image of a conv activation, eight rows of a dense one). An outlier there
+   moves K by its size divided by the sample, not by its full size.
+2. **A bound that the pass checks itself.** q is known after the pass. Where
+   q > ``MAX_CANCELLATION`` for some feature (an outlier among the first
+   rows, a heavy tail, padding first under a mask), a second pass over x
+   repeats the sums with K replaced by the first pass's mean, which is then
+   within a fraction of σ of μ (q ≈ 1). The second pass runs only then
+   (``lax.cond``; under ``vmap`` a batched predicate evaluates both). So
+   the relative error of the variance is at most about
+   ``MAX_CANCELLATION``·eps times the rounding of a sum of squares, for any
+   order of the elements, any outlier and any offset.
+
+The mean is returned twice: rounded (``mean``), and as the shift with the
+exact offset μ − K (``shift``, ``offset``). The transform normalizes relative
+to the shift, y = (x − K)·a + (β − (μ − K)·a): x − K is exact when K is near
+x, so nothing is lost when μ is not representable (offsets of 1e5–1e6 std in
+float32). Across devices each device computes its own (count, K, μ − K, M2),
+one all-reduce gathers them (see ``gather_by_sum``), and Chan's formula
+combines them relative to one reference shift, so cross-device statistics are
+as exact as local ones. Complex input is reduced as its real and imaginary
+parts (mean complex, variance E|x − μ|² real).
 """
 
 from typing import NamedTuple, Optional, Tuple
@@ -19,26 +41,66 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+# The shift is the mean of at least this many elements per feature (whole slices of
+# the batch axis): enough that one outlier or a heavy tail moves it little.
+SHIFT_SAMPLE = 8
+# Largest accepted q = Σ(x−K)²/M2, the cancellation factor of the shifted variance;
+# above it the sums are taken again around the first pass's mean.
+MAX_CANCELLATION = 8.0
+
 
 class Moments(NamedTuple):
-    """Per-feature statistics, shaped to broadcast against ``x`` (keepdims).
+    """Per-feature batch statistics, shaped to broadcast against ``x`` (keepdims).
 
     Attributes:
       count: number of elements that entered the statistics (after masking,
         across devices), in the accumulation dtype.
-      mean: batch mean.
-      var: biased batch variance σ²_B (divided by ``count``).
+      mean: batch mean μ_B (rounded to the accumulation dtype).
+      var: biased batch variance σ²_B (divided by ``count``), real.
+      shift: the per-feature value K that this device's sums were centred on.
+      offset: μ_B − K, computed without rounding μ_B first.
 
     """
 
     count: jax.Array
     mean: jax.Array
     var: jax.Array
+    shift: jax.Array
+    offset: jax.Array
+
+
+class LocalMoments(NamedTuple):
+    """One device's statistics, as Chan's combination needs them (keepdims).
+
+    Attributes:
+      count: number of valid elements on this device.
+      shift: the value K the sums were centred on.
+      offset: the device's mean minus K.
+      m2: Σ(x − mean)² over the valid elements (not divided).
+
+    """
+
+    count: jax.Array
+    shift: jax.Array
+    offset: jax.Array
+    m2: jax.Array
 
 
 def accumulation_dtype(dtype) -> jnp.dtype:
-    """float64 for float64 input, float32 for everything narrower."""
-    return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float32)
+    """float64 for float64/complex128 input, float32 for everything narrower.
+
+    Always real: the dtype of the sums, the variance and the parameters.
+    """
+    wide = jnp.dtype(dtype) in (jnp.dtype(jnp.float64), jnp.dtype(jnp.complex128))
+    return jnp.dtype(jnp.float64) if wide else jnp.dtype(jnp.float32)
+
+
+def shift_dtype(dtype) -> jnp.dtype:
+    """The dtype of the mean and the shift: the accumulation dtype, complex for complex x."""
+    acc = accumulation_dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return jnp.dtype(jnp.complex128) if acc == jnp.float64 else jnp.dtype(jnp.complex64)
+    return acc
 
 
 def safe_count(count: jax.Array) -> jax.Array:
@@ -66,12 +128,6 @@ def element_count(
     return count * jnp.asarray(float(repeat), dtype)
 
 
-def _masked_mean(x: jax.Array, mask: jax.Array, reduce_axes: Tuple[int, ...]):
-    """Plain masked mean and count per feature (keepdims); mean 0 where count is 0."""
-    count = element_count(x.shape, mask, reduce_axes, x.dtype)
-    return masked_sum(x, mask, reduce_axes) / safe_count(count), count
-
-
 def _take(x: jax.Array, index) -> jax.Array:
     """``x[index]`` for static slices, also when x is sharded with explicit mesh axes.
 
@@ -90,62 +146,92 @@ def _take(x: jax.Array, index) -> jax.Array:
 def _shift(
     x: jax.Array, mask: Optional[jax.Array], reduce_axes: Tuple[int, ...], dtype
 ) -> jax.Array:
-    """A per-feature value close to the data, so that x − K is of the order of std.
+    """A per-feature value near the data: the mean of its first slices (``SHIFT_SAMPLE``).
 
-    Without a mask: x's first element per feature. With a mask: the mean of
-    the valid elements of the first slice along the first reduced axis; for a
-    feature with none there, the plain masked mean of the whole batch (an
-    extra pass, taken only when needed). Slices are taken before converting
-    to ``dtype``, so that the conversion of the whole of x is not shared.
+    Takes the first rows along the first reduced axis, as many as make at least
+    ``SHIFT_SAMPLE`` elements per feature (or all of them), and returns the mean
+    of their valid elements; 0 for a feature with none there (the error bound of
+    ``local_moments`` then calls for the second pass). Slices are taken before
+    converting to ``dtype``, so that the conversion of the whole of x is not
+    shared.
     """
-    if mask is None:
-        first_element = tuple(
-            slice(0, 1) if a in reduce_axes else slice(None) for a in range(x.ndim)
-        )
-        return lax.stop_gradient(_take(x, first_element).astype(dtype))
-    first_slice = tuple(slice(0, 1) if a == reduce_axes[0] else slice(None) for a in range(x.ndim))
-    x0 = _take(x, first_slice).astype(dtype)
-    m0 = _take(mask, first_slice)
-    shift, count = _masked_mean(x0, m0, reduce_axes)
-    shift = lax.cond(
-        jnp.all(count > 0),
-        lambda: shift,
-        lambda: jnp.where(count > 0, shift, _masked_mean(x.astype(dtype), mask, reduce_axes)[0]),
-    )
+    if not reduce_axes:  # no batch axis: each feature is its own single element
+        return lax.stop_gradient(x.astype(dtype))
+    lead = reduce_axes[0]
+    per_row = int(np.prod([x.shape[a] for a in reduce_axes[1:]], dtype=np.int64))
+    rows = min(x.shape[lead], -(-SHIFT_SAMPLE // max(per_row, 1)))
+    first = tuple(slice(0, rows) if a == lead else slice(None) for a in range(x.ndim))
+    sample = _take(x, first).astype(dtype)
+    sample_mask = None if mask is None else _take(mask, first)
+    count = element_count(sample.shape, sample_mask, reduce_axes, dtype)
+    total = masked_sum(sample, sample_mask, reduce_axes)
+    shift = jnp.where(count > 0, total / safe_count(count), jnp.zeros((), dtype))
     return lax.stop_gradient(shift)
 
 
-def local_moments(x: jax.Array, mask: Optional[jax.Array], reduce_axes: Tuple[int, ...]) -> Moments:
-    """Moments of the elements of ``x`` on this device, from Σ(x−K) and Σ(x−K)².
+def _centred_sums(x, mask, reduce_axes, shift, count):
+    """(offset, M2) from Σ(x−K) and Σ(x−K)², and the cancellation factor q's excess.
 
-    Returns ``Moments`` whose ``var`` field holds M2 = Σ(x−mean)² (not yet
-    divided), which is what Chan's combination needs.
+    Returns ``(offset, m2, uncertain)``, ``uncertain`` a scalar bool that is
+    True when some feature's q = Σ(x−K)²/M2 exceeds ``MAX_CANCELLATION``.
     """
-    acc = accumulation_dtype(x.dtype)
-    shift = _shift(x, mask, reduce_axes, acc)
     # The barrier keeps the slice that gave the shift from becoming one more
     # consumer of x's conversion, which XLA:CPU would then write to memory.
-    xf = lax.optimization_barrier(x).astype(acc)
+    xf = lax.optimization_barrier(x).astype(shift.dtype)
     # Two copies of the shift that XLA cannot merge: each reduction then reads x
     # itself and XLA:CPU runs the two side by side, instead of writing one x − K
     # to memory and reading it twice (it does not fuse sibling reductions).
     s1 = masked_sum(xf - shift, mask, reduce_axes)
     centered = xf - lax.optimization_barrier(shift)
     s2 = masked_sum(centered * centered, mask, reduce_axes)
-    count = jnp.broadcast_to(element_count(x.shape, mask, reduce_axes, xf.dtype), s1.shape)
-    mean_offset = s1 / safe_count(count)
-    m2 = jnp.maximum(s2 - s1 * mean_offset, jnp.zeros((), xf.dtype))
-    return Moments(count, shift + mean_offset, m2)
+    offset = s1 / safe_count(count)
+    m2 = jnp.maximum(s2 - s1 * offset, jnp.zeros((), s2.dtype))
+    uncertain = jnp.any(s2 > MAX_CANCELLATION * m2)
+    return offset, m2, uncertain
 
 
-def combine_moments(gathered: Moments) -> Moments:
-    """Chan's parallel combination over the leading axis of stacked moments."""
+def local_moments(
+    x: jax.Array, mask: Optional[jax.Array], reduce_axes: Tuple[int, ...]
+) -> LocalMoments:
+    """(count, K, μ − K, M2) of the elements of real ``x`` on this device.
+
+    One pass of two sums around a robust shift; a second pass around the
+    first pass's mean only where the first one's error bound is not met (see
+    the module docstring).
+    """
+    acc = accumulation_dtype(x.dtype)
+    count = element_count(x.shape, mask, reduce_axes, acc)
+    shift = _shift(x, mask, reduce_axes, acc)
+    offset, m2, uncertain = _centred_sums(x, mask, reduce_axes, shift, count)
+
+    def again():
+        better = lax.stop_gradient(shift + offset)
+        return (better,) + _centred_sums(x, mask, reduce_axes, better, count)[:2]
+
+    shift, offset, m2 = lax.cond(uncertain, again, lambda: (shift, offset, m2))
+    count = jnp.broadcast_to(count, m2.shape)
+    return LocalMoments(count, shift, offset, m2)
+
+
+def combine_moments(gathered: LocalMoments) -> Tuple[LocalMoments, jax.Array]:
+    """Chan's parallel combination over the leading axis of stacked local moments.
+
+    The means are combined relative to one reference shift (the shift of the
+    member with the most elements), so nothing is rounded at large offsets.
+
+    Returns:
+      ``(total, reference)``: the combined moments, whose ``shift`` is the
+      reference and ``offset`` the global mean minus it, and the reference.
+    """
     count = jnp.sum(gathered.count, axis=0)
+    leader = jnp.argmax(gathered.count, axis=0)[None]
+    reference = jnp.take_along_axis(gathered.shift, leader, axis=0)[0]
+    relative = (gathered.shift - reference) + gathered.offset  # each member's mean − reference
     weights = gathered.count / safe_count(count)
-    mean = jnp.sum(weights * gathered.mean, axis=0)
-    spread = gathered.count * jnp.square(gathered.mean - mean)
-    m2 = jnp.sum(gathered.var + spread, axis=0)
-    return Moments(count, mean, m2)
+    offset = jnp.sum(weights * relative, axis=0)
+    spread = gathered.count * jnp.square(relative - offset)
+    m2 = jnp.sum(gathered.m2 + spread, axis=0)
+    return LocalMoments(count, reference, offset, m2), reference
 
 
 def gather_by_sum(values: jax.Array, axis_name, axis_index_groups=None) -> jax.Array:
@@ -190,8 +276,8 @@ def batch_moments(
     """Count, mean and biased variance per feature over the reduced axes.
 
     Args:
-      x: input of any floating dtype; sums accumulate in float32 (float64 for
-        float64 input).
+      x: input of any floating or complex dtype; sums accumulate in float32
+        (float64 for float64/complex128 input).
       mask: optional bool array of ``x``'s rank, broadcastable to ``x``; only
         True positions enter the statistics.
       reduce_axes: the batch (and spatial) axes to reduce over.
@@ -199,18 +285,49 @@ def batch_moments(
       axis_index_groups: optional groups of devices along ``axis_name``.
 
     Returns:
-      ``Moments`` with keepdims shapes; ``var`` is the biased variance.
+      ``Moments`` with keepdims shapes; ``var`` is the biased variance, real.
 
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from bnjax._stats import batch_moments
+      >>> x = jnp.array([[1e6 + 1.0], [1e6 - 1.0], [1e6 + 3.0], [1e6 - 3.0]])
+      >>> moments = batch_moments(x, None, (0,))
+      >>> float(moments.var[0, 0]), float(moments.offset[0, 0] + moments.shift[0, 0] - 1e6)
+      (5.0, 0.0)
     """
+    if jnp.iscomplexobj(x):
+        return _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups)
     local = local_moments(x, mask, reduce_axes)
     if axis_name is None:
-        total = local
-    else:
-        packed = jnp.stack(local)
-        gathered = gather_by_sum(packed, axis_name, axis_index_groups)
-        total = combine_moments(Moments(*jnp.moveaxis(gathered, 1, 0)))
-    var = total.var / safe_count(total.count)
-    return Moments(total.count, total.mean, var)
+        var = local.m2 / safe_count(local.count)
+        return Moments(local.count, local.shift + local.offset, var, local.shift, local.offset)
+    gathered = gather_by_sum(jnp.stack(local), axis_name, axis_index_groups)
+    total, reference = combine_moments(LocalMoments(*jnp.moveaxis(gathered, 1, 0)))
+    var = total.m2 / safe_count(total.count)
+    # The same rounded mean on every device; each device normalizes relative to its
+    # own shift, μ − K = (μ − reference) + (reference − K).
+    offset = total.offset + (reference - local.shift)
+    return Moments(total.count, reference + total.offset, var, local.shift, offset)
+
+
+def _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups) -> Moments:
+    """Moments of complex x from those of its real and imaginary parts.
+
+    The parts become a leading kept axis; the mean is re + i·im and the
+    variance E|x − μ|² = var(re) + var(im).
+    """
+    parts = jnp.stack([jnp.real(x), jnp.imag(x)])
+    mask = None if mask is None else mask[None]
+    axes = tuple(a + 1 for a in reduce_axes)
+    real = batch_moments(parts, mask, axes, axis_name, axis_index_groups)
+
+    def fold(values):
+        return lax.complex(values[0], values[1])
+
+    return Moments(
+        real.count[0], fold(real.mean), real.var[0] + real.var[1], fold(real.shift),
+        fold(real.offset),
+    )  # fmt: skip
 
 
 def global_sum(values: jax.Array, axis_name=None, axis_index_groups=None) -> jax.Array:

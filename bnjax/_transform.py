@@ -17,28 +17,54 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._stats import Moments, accumulation_dtype, batch_moments, global_sum, masked_sum, safe_count
+from ._stats import Moments, batch_moments, global_sum, masked_sum, safe_count
 
 
 @jax.checkpoint
-def centered_product(x: jax.Array, mean: jax.Array, factor: jax.Array) -> jax.Array:
-    """(x − mean)·factor in the dtype of ``mean``, recomputed (not stored) for gradients."""
-    return (x.astype(mean.dtype) - mean) * factor
+def centered_product(x: jax.Array, shift: jax.Array, factor: jax.Array) -> jax.Array:
+    """(x − shift)·factor in the dtype of ``shift``, recomputed (not stored) for gradients."""
+    return (x.astype(shift.dtype) - shift) * factor.astype(shift.dtype)
 
 
-@functools.partial(jax.checkpoint, static_argnums=(4,))
+def _pack(values) -> jax.Array:
+    """Per-feature sums, some complex, as one real stack (one all-reduce for all)."""
+    parts = []
+    for value in values:
+        parts += [jnp.real(value), jnp.imag(value)] if jnp.iscomplexobj(value) else [value]
+    return jnp.stack(parts)
+
+
+def _unpack(packed: jax.Array, like) -> list:
+    """The inverse of ``_pack``: values shaped and typed like ``like``."""
+    values, i = [], 0
+    for value in like:
+        if jnp.iscomplexobj(value):
+            values.append(lax.complex(packed[i], packed[i + 1]))
+            i += 2
+        else:
+            values.append(packed[i])
+            i += 1
+    return values
+
+
+@functools.partial(jax.checkpoint, static_argnums=(5,))
 def _tangent_sums(
     dx: jax.Array,
     x: jax.Array,
-    mean: jax.Array,
+    shift: jax.Array,
+    offset: jax.Array,
     mask: Optional[jax.Array],
     reduce_axes: Tuple[int, ...],
-) -> jax.Array:
-    """Stacked [Σdx, Σdx·(x−μ)] over the valid elements, recomputing x − μ."""
-    centered = x.astype(mean.dtype) - mean
-    return jnp.stack(
-        [masked_sum(dx, mask, reduce_axes), masked_sum(dx * centered, mask, reduce_axes)]
-    )
+) -> Tuple[jax.Array, jax.Array]:
+    """[Σdx, Σ Re(conj(x−μ)·dx)] over this device's valid elements, recomputing x − K.
+
+    Σdx·(x − μ) = Σdx·(x − K) − (μ − K)·Σdx: both reductions read x − K, which
+    is exact, and the per-feature correction comes after the sums.
+    """
+    centered = x.astype(shift.dtype) - shift
+    sum_dx = masked_sum(dx, mask, reduce_axes)
+    sum_dx_centered = masked_sum(jnp.real(jnp.conj(centered) * dx), mask, reduce_axes)
+    return sum_dx, sum_dx_centered - jnp.real(jnp.conj(offset) * sum_dx)
 
 
 def normalize_eval(
@@ -47,9 +73,25 @@ def normalize_eval(
     """Y = (x − mean)·scale/√(var + ε) + bias with given (population) statistics.
 
     All per-feature arguments are broadcastable to ``x`` and already in the
-    accumulation dtype; the result has ``x``'s dtype.
+    accumulation dtype (``mean`` complex for complex x); the result has ``x``'s
+    dtype.
     """
-    return (centered_product(x, mean, scale_over_std(scale, var, epsilon)) + bias).astype(x.dtype)
+    factor = scale_over_std(scale, var, epsilon)
+    return (centered_product(x, mean, factor) + bias.astype(mean.dtype)).astype(x.dtype)
+
+
+def normalize_relative(
+    x: jax.Array, scale: jax.Array, bias: jax.Array, moments: Moments, epsilon: float
+) -> jax.Array:
+    """Y = (x − K)·a + (β − (μ − K)·a), a = γ/√(σ² + ε): batch norm relative to the shift.
+
+    Equal to (x − μ)·a + β, but x − K is exact where K is near x and μ − K is
+    known without rounding, so y keeps full precision at any offset.
+    """
+    factor = scale_over_std(scale, moments.var, epsilon)
+    dtype = moments.shift.dtype
+    shifted_bias = bias.astype(dtype) - moments.offset * factor.astype(dtype)
+    return (centered_product(x, moments.shift, factor) + shifted_bias).astype(x.dtype)
 
 
 def scale_over_std(scale: jax.Array, var: jax.Array, epsilon: float) -> jax.Array:
@@ -71,7 +113,7 @@ def normalize_train(
     """Normalizes ``x`` with its own batch statistics.
 
     Args:
-      x: input, any floating dtype.
+      x: input, any floating or complex dtype.
       scale: γ, broadcastable to ``x``, in the accumulation dtype.
       bias: β, broadcastable to ``x``, in the accumulation dtype.
       mask: optional bool array of ``x``'s rank; only True positions enter
@@ -82,15 +124,15 @@ def normalize_train(
       axis_index_groups: optional device groups along ``axis_name``.
 
     Returns:
-      ``(y, moments)``: the output in ``x``'s dtype and the batch ``Moments``
-      (count, mean, biased variance), keepdims-shaped.
+      ``(y, moments)``: the output in ``x``'s dtype and the batch ``Moments``,
+      keepdims-shaped.
 
     """
     moments = batch_moments(x, mask, reduce_axes, axis_name, axis_index_groups)
-    # The barrier keeps XLA from sharing x − μ between the variance reduction and
+    # The barrier keeps XLA from sharing x − K between the variance reduction and
     # the output, which would write it to memory instead of fusing it into both.
-    x_out, mean = lax.optimization_barrier((x, moments.mean))
-    y = normalize_eval(x_out, scale, bias, mean, moments.var, epsilon)
+    x_out, shift = lax.optimization_barrier((x, moments.shift))
+    y = normalize_relative(x_out, scale, bias, moments._replace(shift=shift), epsilon)
     return y, moments
 
 
@@ -118,26 +160,36 @@ def _train_tangent(
     primal inputs (x, the mask, the moments and the scale); the per-feature
     products are recomputed in the backward.
     """
-    acc = accumulation_dtype(x.dtype)
+    dtype = moments.shift.dtype  # the accumulation dtype, complex for complex x
     count = safe_count(moments.count)
     inv_std = lax.rsqrt(moments.var + epsilon)
-    sums = global_sum(
-        _tangent_sums(dx.astype(acc), x, moments.mean, mask, reduce_axes),
-        axis_name,
-        axis_index_groups,
-    )
-    dmean = sums[0] / count
-    half_dvar = sums[1] / count  # mean of dx·(x − μ) = dσ²/2
+    dx = dx.astype(dtype)
+    local = _tangent_sums(dx, x, moments.shift, moments.offset, mask, reduce_axes)
+    sum_dx, sum_dx_centered = _unpack(global_sum(_pack(local), axis_name, axis_index_groups), local)
+    dmean = sum_dx / count.astype(dtype)
+    half_dvar = sum_dx_centered / count  # mean of Re(conj(x − μ)·dx) = dσ²/2
     dinv_std = -jnp.square(inv_std) * inv_std * half_dvar
     weight = scale * inv_std  # = scale_over_std(scale, var, epsilon), reusing inv_std
-    # Grouped so that the transpose needs exactly two reductions, Σdy and Σdy·(x − μ),
+    # Grouped so that the transpose needs exactly two reductions, Σdy and Σdy·(x − K),
     # and, across devices, one all-reduce of both: the per-feature tangents meet the
     # per-device data at a single point.
     offsets = _per_device(
-        jnp.stack([dbias - weight * dmean, scale * dinv_std + dscale * inv_std]), x, axis_name
+        jnp.stack([
+            dbias.astype(dtype) - weight.astype(dtype) * dmean,
+            (scale * dinv_std + dscale * inv_std).astype(dtype),
+        ]),
+        x,
+        axis_name,
+    )  # fmt: skip
+    dy = (
+        weight.astype(dtype) * dx
+        + centered_product(x, moments.shift, offsets[1])
+        + (offsets[0] - moments.offset * offsets[1])
     )
-    dy = weight * dx.astype(acc) + centered_product(x, moments.mean, offsets[1]) + offsets[0]
-    return dy, Moments(jnp.zeros_like(moments.count), dmean, 2 * half_dvar)
+    # shift and offset are per device (typed so under shard_map); so are their tangents.
+    zero_shift = _per_device(jnp.zeros_like(moments.shift), x, axis_name)
+    doffset = _per_device(dmean, x, axis_name)
+    return dy, Moments(jnp.zeros_like(moments.count), dmean, 2 * half_dvar, zero_shift, doffset)
 
 
 def _per_device(values: jax.Array, x: jax.Array, axis_name) -> jax.Array:

@@ -84,12 +84,24 @@ def check_train(train) -> bool:
     )
 
 
-def check_input(x) -> jax.Array:
-    """Checks that ``x`` is a floating-point array with at least one dimension."""
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
+def as_array(value, name: str) -> jax.Array:
+    """``value`` as a JAX array, or a TypeError naming ``name`` for what is not array-like."""
+    if value is None or isinstance(value, (str, bytes, dict)):
+        raise TypeError(f"{name} must be an array, got {type(value).__name__}")
+    try:
+        return jnp.asarray(value)
+    except (TypeError, ValueError) as error:
         raise TypeError(
-            f"x must be a floating-point array, got dtype {x.dtype}; "
+            f"{name} must be an array (or array-like), got {type(value).__name__}: {error}"
+        ) from None
+
+
+def check_input(x) -> jax.Array:
+    """Checks that ``x`` is a floating-point or complex array with at least one dimension."""
+    x = as_array(x, "x")
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        raise TypeError(
+            f"x must be a floating-point (or complex) array, got dtype {x.dtype}; "
             "cast it first, e.g. x.astype(jnp.float32)"
         )
     if x.ndim == 0:
@@ -98,6 +110,22 @@ def check_input(x) -> jax.Array:
             f"with shape {x.shape}"
         )
     return x
+
+
+def check_axis_name(axis_name) -> None:
+    """Raises a clear error when ``axis_name`` is not bound by an enclosing mapped transform."""
+    if axis_name is None:
+        return
+    names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    for name in names:
+        try:
+            jax.lax.axis_size(name)
+        except NameError:
+            raise ValueError(
+                f"axis_name={axis_name!r}: no enclosing mapped axis is named {name!r}. "
+                "Call batch norm inside jax.pmap, jax.shard_map or jax.vmap with "
+                f"axis_name={name!r}, or pass axis_name=None on a single device"
+            ) from None
 
 
 def canonical_axes(axis: Axis, ndim: int, shape: Tuple[int, ...]) -> Tuple[int, ...]:
@@ -138,7 +166,7 @@ def layout_of(x: jax.Array, axis: Axis, train: bool) -> Layout:
     return Layout(feature_axes, reduce_axes, feature_shape, broadcast_shape)
 
 
-def check_vector(value, name: str, layout: Layout) -> None:
+def check_vector(value, name: str, layout: Layout, complex_ok: bool = False) -> None:
     """Checks a per-feature vector against the feature shape of ``x``."""
     if value is None:
         return
@@ -154,12 +182,14 @@ def check_vector(value, name: str, layout: Layout) -> None:
             "was the layer initialized for another number of features or axis?"
         ),
     )
-    if not jnp.issubdtype(value.dtype, jnp.floating):
-        raise TypeError(f"{name} must be floating point, got dtype {value.dtype}")
+    kind = jnp.inexact if complex_ok else jnp.floating
+    if not jnp.issubdtype(value.dtype, kind):
+        expected = "floating point or complex" if complex_ok else "floating point"
+        raise TypeError(f"{name} must be {expected}, got dtype {value.dtype}")
 
 
-def check_params_and_state(params, state, layout: Layout) -> None:
-    """Checks that params and state are bnjax containers matching ``x``'s features."""
+def check_containers(params, state) -> None:
+    """Checks that params and state are the bnjax NamedTuples (not plain tuples or dicts)."""
     if not isinstance(params, BatchNormParams):
         raise TypeError(
             f"params must be a bnjax.BatchNormParams (from bnjax.init), got {type(params).__name__}"
@@ -168,10 +198,34 @@ def check_params_and_state(params, state, layout: Layout) -> None:
         raise TypeError(
             f"state must be a bnjax.BatchNormState (from bnjax.init), got {type(state).__name__}"
         )
+
+
+def check_params_and_state(params, state, layout: Layout, x=None, train: bool = False) -> None:
+    """Checks that params and state are bnjax containers matching ``x``'s features.
+
+    In training the running statistics must be float32 or wider: a narrower
+    state (bfloat16, float16) would round updates of 1% away.
+    """
+    check_containers(params, state)
     check_vector(params.scale, "params.scale", layout)
     check_vector(params.bias, "params.bias", layout)
-    check_vector(state.mean, "state.mean", layout)
+    check_vector(state.mean, "state.mean", layout, complex_ok=True)
     check_vector(state.var, "state.var", layout)
+    if x is not None and jnp.iscomplexobj(state.mean) and not jnp.iscomplexobj(x):
+        raise TypeError(
+            f"state.mean is complex ({state.mean.dtype}) but x is real ({x.dtype}): "
+            "complex running statistics belong to complex input"
+        )
+    if train:
+        for name, value in (("state.mean", state.mean), ("state.var", state.var)):
+            if jnp.finfo(value.dtype).bits < 32:
+                raise TypeError(
+                    f"{name} has dtype {value.dtype}; running statistics are updated in "
+                    "float32 or wider (in a narrower dtype an update of 1% rounds away). "
+                    "Build the state with bnjax.init, or cast it: "
+                    "state._replace(mean=state.mean.astype(jnp.float32), "
+                    "var=state.var.astype(jnp.float32))"
+                )
     count_dtype = getattr(state.count, "dtype", None)
     if count_dtype is None or not jnp.issubdtype(count_dtype, jnp.integer):
         raise TypeError(
@@ -190,7 +244,7 @@ def check_mask(mask, x: jax.Array) -> Optional[jax.Array]:
     """Checks a mask and returns it as a bool array of rank ``x.ndim``."""
     if mask is None:
         return None
-    mask = jnp.asarray(mask)
+    mask = as_array(mask, "mask")
     if mask.dtype != jnp.bool_:
         raise TypeError(
             f"mask must be a boolean array, got dtype {mask.dtype}; "

@@ -4,6 +4,7 @@ Usage: XLA_FLAGS=--xla_force_host_platform_device_count=8 python multidevice_che
 Prints one JSON object mapping each check's name to "ok" or its error.
 """
 
+import functools
 import json
 import re
 import sys
@@ -87,6 +88,29 @@ def check_shard_map():
         ms = jax.device_put(mask, NamedSharding(mesh, P("d")))
         (_, (y, state)), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(xs, ms)
     assert_matches_global(y.reshape(X.shape), state, grad.reshape(X.shape))
+
+
+def check_outlier_on_one_device():
+    """shard_map, an outlier first on device 3, offsets 0 and 1e6: the float64 oracle's numbers."""
+    from oracle import reference
+
+    rng = np.random.default_rng(3)
+    for offset in (0.0, 1e6):
+        x = (offset + rng.normal(size=(DEVICES * 2000, 2))).astype(np.float32)
+        x[3 * 2000] = (offset + 3e3, offset - 2e3)
+        params, state = bnjax.init(2)
+        normalize = jax.shard_map(
+            functools.partial(bnjax.batch_norm, params=params, state=state, train=True,
+                              axis_name="d", momentum=0.0),
+            mesh=_mesh(), in_specs=P("d"), out_specs=(P("d"), P()),
+        )  # fmt: skip
+        mesh = _mesh()
+        with jax.set_mesh(mesh):
+            y, new_state = jax.jit(normalize)(jax.device_put(x, NamedSharding(mesh, P("d"))))
+        y_ref, _, var_ref = reference(x, None, None, state.mean, state.var, True, momentum=0.0)
+        var_err = np.max(np.abs(np.asarray(new_state.var, np.float64) / var_ref.ravel() - 1))
+        y_err = np.max(np.abs(np.asarray(y, np.float64) - y_ref) / np.maximum(1, np.abs(y_ref)))
+        assert var_err <= 1e-4 and y_err <= 2e-3, (offset, var_err, y_err)
 
 
 def check_sharded_jit():

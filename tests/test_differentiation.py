@@ -74,12 +74,28 @@ def test_check_grads_second_order_forward_and_reverse(case):
         state = state._replace(count=jnp.asarray(3, jnp.int32))
 
         def f(x, scale, bias):
-            y, new_state = bnjax.batch_norm(x, bnjax.BatchNormParams(scale, bias), state, **case)
-            return jnp.sin(y), new_state.mean, new_state.var
+            y, _ = bnjax.batch_norm(x, bnjax.BatchNormParams(scale, bias), state, **case)
+            return jnp.sin(y)
 
         check_grads(
             f, (x, params.scale, params.bias), order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5
         )
+
+
+def test_running_statistics_carry_no_gradient():
+    """As in Flax, the new running statistics are state: stop_gradient, zero tangents."""
+    x = jnp.asarray(random_array((6, 3), seed=28))
+    params, state = random_params(3)
+
+    def stats(x, scale):
+        new = bnjax.batch_norm(x, params._replace(scale=scale), state, True)[1]
+        return new.mean, new.var
+
+    _, tangents = jax.jvp(stats, (x, params.scale), (jnp.ones_like(x), jnp.ones(3)))
+    for tangent in tangents:
+        np.testing.assert_array_equal(tangent, np.zeros(3))
+    grads = jax.grad(lambda x: jnp.sum(stats(x, params.scale)[1]))(x)
+    np.testing.assert_array_equal(grads, np.zeros((6, 3)))
 
 
 def test_jvp_jacfwd_hessian_agree_with_reverse_mode():

@@ -18,7 +18,7 @@ import pytest
 HERE = pathlib.Path(__file__).resolve().parent
 CHECKS = [
     "pmap", "shard_map", "sharded_jit", "axis_index_groups",
-    "one_collective_forward_one_backward", "flax_modules",
+    "one_collective_forward_one_backward", "flax_modules", "outlier_on_one_device",
 ]  # fmt: skip
 
 

@@ -45,7 +45,7 @@ def call(x=X, params=PARAMS, state=STATE, train=True, **kwargs):
         (
             dict(x=np.ones((8, 4), np.int32)),
             TypeError,
-            r"x must be a floating-point array, got dtype int32",
+            r"x must be a floating-point \(or complex\) array, got dtype int32",
         ),
         (
             dict(x=np.float32(1.0)),
