@@ -1,5 +1,6 @@
 """Population statistics (precise BN) and folding BN into the layer before it."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -154,3 +155,129 @@ def test_eval_mode_is_differentiable_in_scale_and_bias_for_fine_tuning():
     y = xhat * np.asarray(params.scale) + np.asarray(params.bias)
     np.testing.assert_allclose(grads.scale, (2 * y * xhat).sum(0), rtol=1e-5)
     np.testing.assert_allclose(grads.bias, (2 * y).sum(0), rtol=1e-5)
+
+
+class RenormThenBN(nn.Module):
+    @nn.compact
+    def __call__(self, x, train):
+        x = bnjax.BatchNorm(use_running_average=not train, renorm=True)(x)
+        return bnjax.BatchNorm(use_running_average=not train)(x)
+
+
+class NNXRenormThenBN(nnx.Module):
+    def __init__(self, rngs):
+        self.first = bnjax.nnx.BatchNorm(2, renorm=True, rngs=rngs)
+        self.second = bnjax.nnx.BatchNorm(2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.second(self.first(x))
+
+
+# N(10, 16) data: 8 batches of 64, two features
+RENORM_BATCHES = [random_array((64, 2), seed=200 + i, loc=10.0, scale=4.0) for i in range(8)]
+
+
+@pytest.mark.parametrize("first_running", [(10.0, 16.0), (0.0, 1.0)])
+def test_population_after_a_renorm_layer_linen_and_nnx(first_running):
+    """The renorm layer normalizes with batch statistics: the next layer sees mean 0, var 1.
+
+    Whether the renorm layer's running statistics match the data (10, 16) or are stale
+    (0, 1; r and d would clip), the second layer's population statistics are those of
+    batch-normalized activations: mean exactly 0 per batch, unbiased var m/(m−1)·(1 − ε-ish).
+    """
+    mean, var = first_running
+    expected_var = (
+        64 / 63 * np.mean([np.var(b, 0) / (np.var(b, 0) + 1e-5) for b in RENORM_BATCHES], 0)
+    )
+    model = RenormThenBN()
+    variables = model.init(jax.random.key(0), RENORM_BATCHES[0], train=False)
+    stats = {"mean": jnp.full(2, mean), "var": jnp.full(2, var)}
+    variables = {**variables, "batch_stats": {**variables["batch_stats"], "BatchNorm_0": stats}}
+    new = bnjax.recompute_population_stats(
+        model, variables, RENORM_BATCHES, progress=False, train=True
+    )
+    second = new["batch_stats"]["BatchNorm_1"]
+    np.testing.assert_allclose(second["mean"], 0.0, atol=1e-5)
+    np.testing.assert_allclose(second["var"], expected_var, rtol=1e-5)
+    first = new["batch_stats"]["BatchNorm_0"]  # its own: the data's, averaged
+    np.testing.assert_allclose(first["mean"], np.mean([b.mean(0) for b in RENORM_BATCHES], 0),
+                               rtol=1e-5)  # fmt: skip
+
+    nnx_model = NNXRenormThenBN(nnx.Rngs(0))
+    nnx_model.first.mean[...], nnx_model.first.var[...] = stats["mean"], stats["var"]
+    bnjax.nnx.recompute_population_stats(nnx_model, RENORM_BATCHES, progress=False)
+    np.testing.assert_allclose(nnx_model.second.mean[...], second["mean"], atol=1e-6)
+    np.testing.assert_allclose(nnx_model.second.var[...], second["var"], rtol=1e-6)
+    assert nnx_model.first.renorm is True and nnx_model.first.momentum == 0.99
+
+
+def _snapshot(model):
+    layers = [m for _, m in nnx.iter_graph(model) if isinstance(m, bnjax.nnx.BatchNorm)]
+    options = [
+        (m.use_running_average, m.momentum, m.unbiased, m.renorm, type(m.count).__name__,
+         sorted(vars(m)))
+        for m in layers
+    ]  # fmt: skip
+    return nnx.to_pure_dict(nnx.state(model)), options
+
+
+@pytest.mark.parametrize("sizes", [(1, 1, 1), (10, 1, 10)])
+def test_batches_without_a_variance_raise_naming_the_layer_and_change_nothing(sizes):
+    batches = [random_array((n, 5), seed=300 + i) for i, n in enumerate(sizes)]
+    bad = sum(n == 1 for n in sizes)
+    model = TwoLayers()
+    variables = model.init(jax.random.key(0), BATCHES[0], train=False)
+    message = (
+        rf"the BatchNorm layer 'BatchNorm_0' got no usable statistics from {bad} of its "
+        rf"{len(sizes)} training call\(s\): a batch of one element has no unbiased variance"
+    )
+    with pytest.raises(ValueError, match=message):
+        bnjax.recompute_population_stats(model, variables, batches, progress=False, train=True)
+
+    nnx_model = NNXTwoLayers(nnx.Rngs(0))
+    nnx_model.bn(random_array((6, 4), seed=301))  # non-trivial statistics
+    before = _snapshot(nnx_model)
+    with pytest.raises(ValueError, match=message.replace("BatchNorm_0", "bn")):
+        bnjax.nnx.recompute_population_stats(nnx_model, batches, progress=False)
+    chex.assert_trees_all_equal(_snapshot(nnx_model)[0], before[0])
+    assert _snapshot(nnx_model)[1] == before[1]
+
+
+def test_nnx_failure_part_way_leaves_the_model_exactly_as_it_was():
+    model = NNXTwoLayers(nnx.Rngs(0))
+    model.bn_out.momentum = 0.5
+    model(BATCHES[0])
+    model.eval()
+    before = _snapshot(model)
+    batches = [BATCHES[0], BATCHES[1], random_array((10, 6), seed=310)]  # the last: wrong width
+    with pytest.raises(TypeError, match=r"contracting dimensions to have the same shape"):
+        bnjax.nnx.recompute_population_stats(model, batches, progress=False)
+    chex.assert_trees_all_equal(_snapshot(model)[0], before[0])
+    assert _snapshot(model)[1] == before[1]
+
+
+def test_linen_population_compiles_once_per_batch_shape():
+    traces = []
+
+    class Counting(nn.Module):
+        @nn.compact
+        def __call__(self, x, train):
+            traces.append(x.shape)
+            return bnjax.BatchNorm(use_running_average=not train)(x)
+
+    model = Counting()
+    variables = model.init(jax.random.key(0), BATCHES[0], train=False)
+    traces.clear()
+    batches = BATCHES + [random_array((7, 5), seed=320)] + BATCHES[:2]
+    bnjax.recompute_population_stats(model, variables, batches, progress=False, train=True)
+    # eval_shape and the first jit trace for (10, 5), one more trace for the (7, 5) batch
+    assert traces == [(10, 5), (10, 5), (7, 5)]
+
+
+def test_mutable_true_in_training_is_not_population_mode():
+    bn = bnjax.BatchNorm(use_running_average=False)
+    x = random_array((6, 2), seed=330)
+    variables = bn.init(jax.random.key(0), x)
+    _, updates = bn.apply(variables, x, mutable=True)
+    assert "bnjax_population" not in updates
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.01 * x.mean(0), rtol=1e-5)
