@@ -53,7 +53,9 @@ def update_running_stats(
     var = lax.stop_gradient(batch.var.reshape(feature_shape))
     if unbiased:
         var = var * (count / (count - 1))
-    mean_dtype = jnp.result_type(state.mean.dtype, mean.dtype)  # complex x: complex mean
+    mean_dtype = state.mean.dtype
+    if jnp.iscomplexobj(mean) and not jnp.iscomplexobj(state.mean):  # complex x: complex mean
+        mean_dtype = (lax.complex(state.mean, state.mean)).dtype
     mean, var = mean.astype(mean_dtype), var.astype(dtype)
     if momentum is None:
         seen = state.count.astype(dtype)

@@ -18,20 +18,29 @@ def _valid(x, mask):
     return np.ones(x.shape, bool) if mask is None else np.broadcast_to(np.asarray(mask), x.shape)
 
 
+def _wide(x):
+    """X in float64, or complex128 for complex input."""
+    return np.asarray(x, np.complex128 if np.iscomplexobj(x) else np.float64)
+
+
 def batch_stats(x, axis=-1, mask=None):
-    """Returns (count, mean, biased var) per feature, keepdims, in float64."""
-    x = np.asarray(x, np.float64)
+    """Returns (count, mean, biased var) per feature, keepdims, in float64.
+
+    For complex x the mean is complex and the variance E|x − μ|², real.
+    """
+    x = _wide(x)
     _, reduce, _ = _axes(x.ndim, axis)
     valid = _valid(x, mask)
     count = valid.sum(axis=reduce, keepdims=True).astype(np.float64)
     mean = np.where(valid, x, 0).sum(axis=reduce, keepdims=True) / np.maximum(count, 1)
-    var = np.where(valid, (x - mean) ** 2, 0).sum(axis=reduce, keepdims=True) / np.maximum(count, 1)
+    squares = np.abs(x - mean) ** 2
+    var = np.where(valid, squares, 0).sum(axis=reduce, keepdims=True) / np.maximum(count, 1)
     return count, mean, var
 
 
 def normalize(x, mean, var, scale, bias, epsilon):
-    """γ·(x − μ)/√(σ² + ε) + β in float64."""
-    x = np.asarray(x, np.float64)
+    """γ·(x − μ)/√(σ² + ε) + β in float64 (complex128 for complex x)."""
+    x = _wide(x)
     return (x - mean) / np.sqrt(var + epsilon) * scale + bias
 
 
@@ -55,13 +64,13 @@ def reference(
     Returns (y, new_mean, new_var); scale/bias/run_mean/run_var are per-feature
     arrays (feature shape) or None for scale (1) and bias (0).
     """
-    x = np.asarray(x, np.float64)
+    x = _wide(x)
     _, _, bshape = _axes(x.ndim, axis)
 
     def as_b(v, fill):
         if v is None:
             return np.full(bshape(x), fill)
-        return np.asarray(v, np.float64).reshape(bshape(x))
+        return _wide(v).reshape(bshape(x))
 
     scale, bias = as_b(scale, 1.0), as_b(bias, 0.0)
     rm, rv = as_b(run_mean, 0.0), as_b(run_var, 1.0)
