@@ -25,8 +25,8 @@ def init(
     """Creates batch-norm parameters and running statistics.
 
     Args:
-      num_features: the size of the feature axis, or a tuple of sizes for
-        several feature axes (``axis=(1, 2)`` in ``batch_norm``).
+      num_features: the size of the feature axis (positive), or a tuple of
+        sizes for several feature axes (``axis=(1, 2)`` in ``batch_norm``).
       dtype: floating dtype of the parameters; the statistics use it too but are
         never narrower than float32 (in bfloat16, 0.99·old + 0.01·batch would
         round small steps away).
@@ -39,6 +39,11 @@ def init(
       ``(params, state)``: ``BatchNormParams(scale, bias)`` and
       ``BatchNormState(mean=zeros, var=ones, count=0)``.
 
+    Raises:
+      ValueError: ``num_features`` that is not a positive int or a non-empty
+        tuple of them (zero features is an error).
+      TypeError: a ``dtype`` that is not floating point.
+
     Examples:
       >>> import bnjax
       >>> params, state = bnjax.init(3)
@@ -49,10 +54,6 @@ def init(
 
     """
     shape = feature_shape_from(num_features)
-    if not all(n >= 0 for n in shape):
-        raise ValueError(
-            f"num_features must be a non-negative int or a tuple of them, got {num_features!r}"
-        )
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}")
     params = BatchNormParams(

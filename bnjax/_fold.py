@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from ._stats import accumulation_dtype
 from ._transform import scale_over_std
 from ._types import BatchNormParams, BatchNormState
+from ._validate import check_containers, check_epsilon, check_floating
 
 
 def fold_into_linear(
@@ -35,6 +36,13 @@ def fold_into_linear(
     Returns:
       ``(kernel, bias)`` of the folded layer, in the kernel's dtype.
 
+    Raises:
+      TypeError: params/state that are not ``bnjax.BatchNormParams`` /
+        ``bnjax.BatchNormState``, a non-floating kernel, bias or statistic
+        (an integer kernel would be truncated), a non-numeric epsilon.
+      ValueError: a negative or non-finite epsilon, shapes that do not match
+        the kernel's output features.
+
     Examples:
       >>> import jax.numpy as jnp, bnjax
       >>> params, state = bnjax.init(2)
@@ -43,27 +51,32 @@ def fold_into_linear(
       >>> kernel[0], bias
       (Array([0.5, 1. ], dtype=float32), Array([-0.5, -2. ], dtype=float32))
     """
-    kernel = jnp.asarray(kernel)
+    check_containers(params, state)
+    check_epsilon(epsilon)
+    kernel = check_floating(kernel, "kernel")
     if kernel.ndim < 2:
         raise ValueError(f"kernel must have shape (..., in, out), got {kernel.shape}")
     features = kernel.shape[-1]
-    for name, value in (("params.scale", params.scale), ("params.bias", params.bias),
-                        ("state.mean", state.mean), ("state.var", state.var)):  # fmt: skip
-        if value is not None and jnp.shape(value) != (features,):
+    named = {"bias": bias, "params.scale": params.scale, "params.bias": params.bias,
+             "state.mean": state.mean, "state.var": state.var}  # fmt: skip
+    vectors = {}
+    for name, value in named.items():
+        if value is None:
+            continue
+        vectors[name] = check_floating(value, name)
+        if vectors[name].shape != (features,):
             raise ValueError(
                 f"{name} must have shape ({features},), the kernel's output features "
-                f"(kernel.shape={kernel.shape}), got {jnp.shape(value)}"
+                f"(kernel.shape={kernel.shape}), got {vectors[name].shape}"
             )
-    if bias is not None and jnp.shape(bias) != (kernel.shape[-1],):
-        raise ValueError(
-            f"bias must have shape ({kernel.shape[-1]},) (kernel's output features), "
-            f"got {jnp.shape(bias)}"
-        )
     acc = accumulation_dtype(kernel.dtype)
-    scale = jnp.ones((), acc) if params.scale is None else params.scale.astype(acc)
-    shift = jnp.zeros((), acc) if params.bias is None else params.bias.astype(acc)
-    weight = scale_over_std(scale, state.var.astype(acc), epsilon)
-    old_bias = jnp.zeros((), acc) if bias is None else jnp.asarray(bias).astype(acc)
-    new_bias = (old_bias - state.mean.astype(acc)) * weight + shift
-    new_bias = jnp.broadcast_to(new_bias, (kernel.shape[-1],))
+
+    def per_feature(name, fill):
+        return vectors[name].astype(acc) if name in vectors else jnp.full((), fill, acc)
+
+    weight = scale_over_std(
+        per_feature("params.scale", 1.0), per_feature("state.var", 1.0), epsilon
+    )
+    new_bias = (per_feature("bias", 0.0) - per_feature("state.mean", 0.0)) * weight
+    new_bias = jnp.broadcast_to(new_bias + per_feature("params.bias", 0.0), (features,))
     return (kernel.astype(acc) * weight).astype(kernel.dtype), new_bias.astype(kernel.dtype)

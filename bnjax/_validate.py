@@ -28,16 +28,47 @@ class Layout(NamedTuple):
 
 
 def feature_shape_from(num_features) -> Tuple[int, ...]:
-    """``num_features`` (an int or a sequence of ints) as a shape tuple."""
+    """``num_features`` (a positive int or a sequence of them) as a shape tuple.
+
+    Zero features is an error: a layer that normalizes nothing is a bug upstream
+    (a width computed as 0), not something to carry silently.
+    """
     if isinstance(num_features, (int, np.integer)) and not isinstance(num_features, bool):
-        return (int(num_features),)
-    if isinstance(num_features, (tuple, list)) and all(
+        shape = (int(num_features),)
+    elif isinstance(num_features, (tuple, list)) and all(
         isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in num_features
     ):
-        return tuple(int(n) for n in num_features)
-    raise ValueError(
-        f"num_features must be a non-negative int or a tuple of them, got {num_features!r}"
-    )
+        shape = tuple(int(n) for n in num_features)
+    else:
+        shape = None
+    if not shape or not all(n > 0 for n in shape):
+        raise ValueError(
+            "num_features must be a positive int or a non-empty tuple of them, "
+            f"got {num_features!r}"
+        )
+    return shape
+
+
+def check_epsilon(epsilon) -> None:
+    """Epsilon must be a finite Python/NumPy real >= 0."""
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
+        raise TypeError(
+            f"epsilon must be a non-negative Python float, got {epsilon!r} "
+            f"of type {type(epsilon).__name__}"
+        )
+    if not (np.isfinite(epsilon) and epsilon >= 0.0):
+        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon=}")
+
+
+def check_floating(value, name: str) -> jax.Array:
+    """``value`` as an array, or a TypeError naming ``name`` unless it is floating point."""
+    value = as_array(value, name)
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must be a floating-point array, got dtype {value.dtype}; "
+            f"cast it first, e.g. {name}.astype(jnp.float32)"
+        )
+    return value
 
 
 def check_config(
@@ -52,13 +83,7 @@ def check_config(
             )
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1] (or None), got {momentum=}")
-    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
-        raise TypeError(
-            f"epsilon must be a non-negative Python float, got {epsilon!r} "
-            f"of type {type(epsilon).__name__}"
-        )
-    if not (np.isfinite(epsilon) and epsilon >= 0.0):
-        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon=}")
+    check_epsilon(epsilon)
     if not isinstance(unbiased, (bool, np.bool_)):
         raise TypeError(f"unbiased must be a Python bool, got {unbiased!r}")
     if axis_index_groups is not None and axis_name is None:

@@ -133,7 +133,7 @@ def test_renorm_limits_must_be_numbers():
 
 
 def test_init_rejects_bad_arguments():
-    with pytest.raises(ValueError, match=r"num_features must be a non-negative int .*got -1"):
+    with pytest.raises(ValueError, match=r"num_features must be a positive int .*got -1"):
         bnjax.init(-1)
     with pytest.raises(TypeError, match=r"dtype must be a floating dtype, got int32"):
         bnjax.init(3, dtype=jnp.int32)
