@@ -147,10 +147,22 @@ def promote_like_flax_nnx(arrays, dtype):
 
     Casts every array that is not None to ``dtype``, or when None to the
     promotion of all of them (``output_dtype``), which is what Flax's default
-    ``promote_dtype`` computes under standard promotion.
+    ``promote_dtype`` computes under standard promotion. For complex x the real
+    arrays (variance, parameters, a real running mean) are cast to the matching
+    real dtype instead: the same values, which the core takes as real.
     """
     target = output_dtype(*arrays[:1], dtype, *arrays[1:])
-    return tuple(None if a is None else jnp.asarray(a).astype(target) for a in arrays)
+    real = jnp.finfo(target).dtype
+
+    def cast(a, keep_complex):
+        if a is None:
+            return None
+        a = jnp.asarray(a)
+        complex_target = jnp.issubdtype(target, jnp.complexfloating)
+        return a.astype(target if keep_complex or not complex_target else real)
+
+    x, *rest = arrays
+    return (cast(x, True), *(cast(a, a is not None and jnp.iscomplexobj(a)) for a in rest))
 
 
 def call_core(
