@@ -188,7 +188,10 @@ class BatchNorm(nnx.Module):
             renorm_limits(self, population=population),
         )
         if train:
-            self.mean[...] = new_state.mean
+            if new_state.mean.dtype == self.mean.dtype:
+                self.mean[...] = new_state.mean
+            else:  # complex input: the running mean becomes complex (as in flax.linen)
+                self.mean.set_value(new_state.mean)
             self.var[...] = new_state.var
             if self.count is not None:
                 self.count[...] = new_state.count

@@ -71,3 +71,28 @@ def test_renorm_rejects_complex_input():
     params, state = bnjax.init(2)
     with pytest.raises(TypeError, match="batch_renorm needs real x, got dtype complex64"):
         bnjax.batch_renorm(complex_array((3, 2)), params, state, True)
+
+
+def test_linen_and_nnx_modules_match_flax_linen_on_complex_input():
+    import flax.linen as nn
+    from flax import nnx
+
+    x = complex_array((8, 3), seed=5, loc=2.0 + 1.0j)
+    with jax.numpy_dtype_promotion("standard"):  # Flax promotes complex with its float32 params
+        flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9)
+        variables = flax_bn.init(jax.random.key(0), x)
+        y_ref, ref = flax_bn.apply(variables, x, mutable=["batch_stats"])
+    bn = bnjax.BatchNorm(use_running_average=False, momentum=0.9)
+    y, updates = bn.apply(variables, x, mutable=["batch_stats"])
+    np.testing.assert_allclose(y, y_ref, atol=1e-5)
+    chex.assert_trees_all_close(updates, ref, atol=1e-6)
+    assert updates["batch_stats"]["mean"].dtype == jnp.complex64
+
+    layer = bnjax.nnx.BatchNorm(3, momentum=0.9, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(layer(x), y_ref, atol=1e-5)
+    np.testing.assert_allclose(layer.mean[...], ref["batch_stats"]["mean"], atol=1e-6)
+    np.testing.assert_allclose(layer.var[...], ref["batch_stats"]["var"], rtol=1e-5)
+    layer.eval()
+    bn_eval = bnjax.BatchNorm(use_running_average=True)
+    evaluated = bn_eval.apply({**variables, **updates}, x)
+    np.testing.assert_allclose(layer(x), evaluated, atol=1e-6)
