@@ -169,6 +169,8 @@ def recompute_population_stats(
     )
     batch_stats = traverse_util.flatten_dict(dict(variables.get("batch_stats", {})))
     for path, value in flat.items():
-        if path[-1] in ("mean", "var") or path in batch_stats:  # count: momentum=None layers
+        if path[-1] in ("mean", "var"):
             batch_stats[path] = value
+        elif path in batch_stats:  # momentum=None layers: batches folded in (equal per feature)
+            batch_stats[path] = jnp.min(value).astype(batch_stats[path].dtype)
     return {**variables, "batch_stats": traverse_util.unflatten_dict(batch_stats)}

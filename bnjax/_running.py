@@ -26,11 +26,13 @@ def update_running_stats(
 
     A feature whose batch statistics cannot be used (no valid element, a NaN
     or Inf in its values, an unbiased variance of a single element) keeps its
-    own running mean and variance; the other features update. ``count``, the
-    number of batches folded in, advances when at least one feature updated.
-    With ``momentum=None`` the weight 1/(count + 1) is shared, so a feature
-    that missed some batches averages the ones it saw with slightly unequal
-    weights (exact for every feature that was valid in every batch).
+    own running mean and variance; the other features update. A scalar
+    ``count`` (as ``init`` makes it), the number of batches folded in,
+    advances when at least one feature updated; with ``momentum=None`` the
+    weight 1/(count + 1) is then shared, so a feature that missed some batches
+    averages the ones it saw with slightly unequal weights. A ``count`` with
+    the feature shape counts per feature, and the average is exact for every
+    feature (the population-statistics tools use that).
 
     The new statistics carry no gradient (``stop_gradient``, as in Flax):
     they are state, not a function to differentiate.
@@ -70,5 +72,7 @@ def update_running_stats(
     return BatchNormState(
         mean=jnp.where(ok, new_mean, state.mean.astype(mean_dtype)),
         var=jnp.where(ok, new_var, state.var).astype(state.var.dtype),
-        count=jnp.where(jnp.any(ok), state.count + 1, state.count).astype(state.count.dtype),
+        count=jnp.where(
+            ok if state.count.ndim else jnp.any(ok), state.count + 1, state.count
+        ).astype(state.count.dtype),
     )

@@ -257,12 +257,11 @@ def check_params_and_state(params, state, layout: Layout, x=None, train: bool = 
             "state.count must be an integer array (int32 scalar, as bnjax.init makes), got "
             f"{state.count!r}"
         )
-    chex.assert_shape(
-        state.count,
-        (),
-        exception_type=ValueError,
-        custom_message=f"state.count must be a scalar, got shape {jnp.shape(state.count)}",
-    )
+    if jnp.shape(state.count) not in ((), layout.feature_shape):
+        raise ValueError(
+            "state.count must be a scalar (as bnjax.init makes it) or have the feature shape "
+            f"{layout.feature_shape} (a count per feature), got shape {jnp.shape(state.count)}"
+        )
 
 
 def check_mask(mask, x: jax.Array) -> Optional[jax.Array]:

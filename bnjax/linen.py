@@ -178,5 +178,7 @@ class BatchNorm(nn.Module):
         var = self.variable(collection, "var", jnp.ones, feature_shape, jnp.float32)
         count = None  # kept only where the exact average needs it, and read only in training
         if collection != "batch_stats" or (self.momentum is None and (updating or initializing)):
-            count = self.variable(collection, "count", jnp.zeros, (), jnp.int32)
+            # the population tool counts per feature, so that it sees every missed batch
+            count_shape = () if collection == "batch_stats" else feature_shape
+            count = self.variable(collection, "count", jnp.zeros, count_shape, jnp.int32)
         return mean, var, count

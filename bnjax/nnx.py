@@ -255,7 +255,8 @@ def recompute_population_stats(model: nnx.Module, batches, *, progress: bool = T
         layer.use_running_average = False
         layer.mean[...] = jnp.zeros_like(layer.mean[...])
         layer.var[...] = jnp.ones_like(layer.var[...])
-        layer.count = nnx.BatchStat(jnp.zeros((), jnp.int32))
+        # per feature, so that a batch that misses one feature is seen too
+        layer.count = nnx.BatchStat(jnp.zeros(layer.mean.shape, jnp.int32))
         layer.population_calls = nnx.BatchStat(jnp.zeros((), jnp.int32))
     step = nnx.jit(lambda model, batch: model(batch))
     for batch in batches:
@@ -273,7 +274,7 @@ def recompute_population_stats(model: nnx.Module, batches, *, progress: bool = T
         layer = layers[path]
         layer.mean[...], layer.var[...] = new.mean[...], new.var[...]
         if layer.count is not None:  # a layer that keeps the exact average keeps the new count
-            layer.count[...] = new.count[...]
+            layer.count[...] = jnp.min(new.count[...]).astype(layer.count.dtype)
 
 
 def _bnjax_layers(model: nnx.Module) -> dict:

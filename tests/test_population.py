@@ -137,7 +137,7 @@ def test_fold_errors():
         r"features \(kernel\.shape=\(2, 4\)\), got \(3,\)",
     ):
         bnjax.fold_into_linear(jnp.ones((2, 4)), None, params, state)
-    with pytest.raises(ValueError, match=r"bias must have shape \(3,\) .*got \(2,\)"):
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\), .*got \(2,\)"):
         bnjax.fold_into_linear(jnp.ones((2, 3)), jnp.ones(2), params, state)
     with pytest.raises(ValueError, match=r"kernel must have shape \(\.\.\., in, out\), got \(3,\)"):
         bnjax.fold_into_linear(jnp.ones(3), None, params, state)
@@ -281,3 +281,19 @@ def test_mutable_true_in_training_is_not_population_mode():
     _, updates = bn.apply(variables, x, mutable=True)
     assert "bnjax_population" not in updates
     np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.01 * x.mean(0), rtol=1e-5)
+
+
+def test_a_batch_that_misses_one_feature_is_an_error_too():
+    """Counts are per feature: a NaN in one feature of one batch is seen, not averaged over."""
+    batches = [random_array((10, 5), seed=320 + i) for i in range(3)]
+    batches[1][4, 2] = np.nan
+    model = TwoLayers()
+    variables = model.init(jax.random.key(0), BATCHES[0], train=False)
+    message = r"the BatchNorm layer 'BatchNorm_0' got no usable statistics from 1 of its 3"
+    with pytest.raises(ValueError, match=message):
+        bnjax.recompute_population_stats(model, variables, batches, progress=False, train=True)
+    nnx_model = NNXTwoLayers(nnx.Rngs(0))
+    before = _snapshot(nnx_model)
+    with pytest.raises(ValueError, match=message.replace("BatchNorm_0", "bn")):
+        bnjax.nnx.recompute_population_stats(nnx_model, batches, progress=False)
+    chex.assert_trees_all_equal(_snapshot(nnx_model)[0], before[0])
