@@ -94,7 +94,7 @@ def resolve_use_running_average(
 
 def feature_shape_of(x: jax.Array, axis) -> Tuple[int, ...]:
     """The shape of the feature axes of ``x`` (raises for a bad ``axis``)."""
-    x = jnp.asarray(x)
+    x = _validate.as_array(x, "x")
     return tuple(x.shape[a] for a in _validate.canonical_axes(axis, x.ndim, x.shape))
 
 

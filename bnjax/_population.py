@@ -41,7 +41,13 @@ def population_requested(module) -> bool:
 
 def iterate_batches(batches: Iterable, progress: bool, description: str) -> Iterator:
     """The batches, behind a tqdm progress bar when ``progress``; raises if there are none."""
-    iterator = iter(batches)
+    try:
+        iterator = iter(batches)
+    except TypeError:
+        raise TypeError(
+            "recompute_population_stats needs an iterable of model inputs for batches, got "
+            f"{type(batches).__name__}"
+        ) from None
     try:
         first = next(iterator)
     except StopIteration:

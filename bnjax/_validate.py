@@ -234,6 +234,9 @@ def check_params_and_state(params, state, layout: Layout, x=None, train: bool = 
     check_containers(params, state)
     check_vector(params.scale, "params.scale", layout)
     check_vector(params.bias, "params.bias", layout)
+    for name, value in (("state.mean", state.mean), ("state.var", state.var)):
+        if value is None:
+            raise TypeError(f"{name} must be an array (running statistics), got None")
     check_vector(state.mean, "state.mean", layout, complex_ok=True)
     check_vector(state.var, "state.var", layout)
     if x is not None and jnp.iscomplexobj(state.mean) and not jnp.iscomplexobj(x):

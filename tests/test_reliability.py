@@ -166,3 +166,36 @@ class TestFoldIntoLinearValidates:
     def test_list_bias_is_accepted(self):
         kernel, bias = bnjax.fold_into_linear(self.kernel, [1.0, 2.0], self.params, self.state)
         np.testing.assert_allclose(bias, np.array([1.0, 2.0]) / np.sqrt(1 + 1e-5), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "call, error, pattern",
+    [
+        (lambda: bnjax.init(None), ValueError, r"num_features must be a positive int"),
+        (lambda: bnjax.batch_norm(jnp.ones((2, 2)), None, bnjax.init(2)[1], True), TypeError,
+         r"params must be a bnjax\.BatchNormParams"),
+        (lambda: bnjax.batch_norm(jnp.ones((2, 2)), *bnjax.init(2), None), TypeError,
+         r"train must be a static Python bool"),
+        (lambda: bnjax.batch_norm(jnp.ones((2, 2)), bnjax.init(2)[0],
+                                  bnjax.init(2)[1]._replace(mean=None), True), TypeError,
+         r"state\.mean must be an array \(running statistics\), got None"),
+        (lambda: bnjax.batch_norm(jnp.ones((2, 2)), *bnjax.init(2), True, epsilon=None), TypeError,
+         r"epsilon must be a non-negative Python float, got None"),
+        (lambda: bnjax.batch_renorm(jnp.ones((2, 2)), *bnjax.init(2), True, r_max=None), TypeError,
+         r"r_max must be a Python float, got None"),
+        (lambda: bnjax.BatchNorm(use_running_average=False).init(jax.random.key(0), None),
+         TypeError, r"x must be an array, got NoneType"),
+        (lambda: bnjax.recompute_population_stats(bnjax.BatchNorm(), {}, None), TypeError,
+         r"needs an iterable of model inputs for batches, got NoneType"),
+    ],
+)  # fmt: skip
+def test_none_where_a_value_is_expected_is_named(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+def test_nnx_module_names_x_too():
+    from flax import nnx
+
+    with pytest.raises(TypeError, match=r"x must be an array, got NoneType"):
+        bnjax.nnx.BatchNorm(2, rngs=nnx.Rngs(0))(None)
