@@ -22,15 +22,20 @@ def run_main(monkeypatch, capsys, *args):
     """Runs ``bench.main`` on TINY with 2 repetitions; returns the printed text."""
     monkeypatch.setattr(bench, "SHAPES_QUICK", [TINY])
     with jax.numpy_dtype_promotion("standard"):  # flax and optax need it; the suite sets strict
-        assert bench.main(["--quick", "--repeats", "2", *args]) == 0
+        assert bench.main(["--layers", "--quick", "--repeats", "2", *args]) == 0
     return capsys.readouterr().out
+
+
+def _no_constants(name):
+    raise ValueError(f"not strict JSON: {name}")
 
 
 def test_bench_writes_records_table_and_plot(tmp_path, monkeypatch, capsys):
     path, png = tmp_path / "bench.json", tmp_path / "bench.png"
     out = run_main(monkeypatch, capsys, "--json", str(path), "--plot", str(png))
-    result = json.loads(path.read_text())
+    result = json.loads(path.read_text(), parse_constant=_no_constants)
     records = result["records"]
+    assert "model" not in result  # --layers: the training-step benchmark did not run
     assert {r["impl"] for r in records} == INSTALLED  # every installed peer ran
     assert {r["mode"] for r in records} == {"fwd", "fwd+bwd", "eval"}
     for impl in ("bnjax", "flax.linen", "flax.nnx"):
@@ -51,9 +56,7 @@ def test_bench_writes_records_table_and_plot(tmp_path, monkeypatch, capsys):
     assert png.read_bytes().startswith(b"\x89PNG")
 
 
-def test_missing_and_failing_peers_are_noted(tmp_path, monkeypatch, capsys):
-    missing = dataclasses.replace(bench.IMPLS["haiku"], module="haiku_is_not_installed")
-    monkeypatch.setitem(bench.IMPLS, "haiku", missing)
+def test_failing_peers_are_noted(tmp_path, monkeypatch, capsys):
     other_backend = types.SimpleNamespace(backend=types.SimpleNamespace(backend=lambda: "torch"))
     monkeypatch.setitem(sys.modules, "keras", other_backend)
 
@@ -64,8 +67,7 @@ def test_missing_and_failing_peers_are_noted(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setitem(bench.IMPLS, "flaky", bench.Impl("bnjax", "bnjax", no_bfloat16))
     path = tmp_path / "bench.json"
-    out = run_main(monkeypatch, capsys, "--impls", "haiku,keras,flaky", "--json", str(path))
-    assert "skipped haiku: not installed (pip install bnjax[bench])" in out
+    out = run_main(monkeypatch, capsys, "--impls", "keras,flaky", "--json", str(path))
     assert "skipped keras: keras was imported with the torch backend" in out
     assert "flaky: nothing recorded on [16, 4, 4, 8] bfloat16: TypeError: no bfloat16 here" in out
     records = json.loads(path.read_text())["records"]
@@ -74,6 +76,34 @@ def test_missing_and_failing_peers_are_noted(tmp_path, monkeypatch, capsys):
         ("bnjax", "bfloat16"),
         ("flaky", "float32"),
     }
+
+
+@pytest.mark.parametrize(
+    "args, missing",
+    [
+        ([], "haiku_is_not_installed"),  # every JAX peer is needed by default
+        (["--impls", "haiku"], "haiku_is_not_installed"),
+        (["--impls", "flax.linen", "--plot", "b.png"], "matplotlib"),
+    ],
+)
+def test_missing_dependencies_stop_before_any_work(args, missing, monkeypatch, capsys):
+    missing_peer = dataclasses.replace(bench.IMPLS["haiku"], module="haiku_is_not_installed")
+    monkeypatch.setitem(bench.IMPLS, "haiku", missing_peer)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    monkeypatch.setattr(bench, "load_impls", None)  # nothing past the check may run
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(args)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert missing in err and 'pip install "bnjax[bench]"' in err
+
+
+def test_help_is_plain_text(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--model" in out and "training step" in out
+    assert "``" not in out and "::" not in out
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,8 @@ idiomatic use: ``flax.linen.BatchNorm``, ``flax.nnx.BatchNorm``, Haiku's
 ``eqx.nn.State``, channel-first as Equinox's layers are), Keras 3's
 ``BatchNormalization`` on the JAX backend (``stateless_call``) and PyTorch's
 ``BatchNorm2d`` in channels_last memory format (``BatchNorm1d`` for dense
-shapes), timed with torch itself. Peers that are not installed are skipped with
-a note (``pip install bnjax[bench]``; torch separately); a peer that raises on
-a configuration gets nothing recorded there, and a note.
+shapes), timed with torch itself. A peer that raises on a configuration gets
+nothing recorded there, and a note.
 
 Modes: ``fwd`` the training forward; ``fwd+bwd`` the training forward with
 ``jax.vjp`` as one compiled call that returns the residuals, then the pullback
@@ -32,21 +31,61 @@ float32 array, (bytes read + bytes written) / median time. An implementation's
 bandwidth fraction is the bytes batch norm must move (``*_PASSES`` passes over
 x's bytes) / its median time / that copy bandwidth.
 
+The training-step benchmark (``--model``) is where users meet batch norm: a
+whole jitted training step (forward, backward, ``optax.sgd`` with momentum,
+softmax cross-entropy on random labels) of a small CIFAR ResNet (ResNet-8:
+basic blocks with the residual add) and of six plain conv–BN–ReLU blocks, NHWC
+32×32×3, batch 32, in float32 and in bfloat16 (bfloat16 compute, float32
+parameters, each framework's own mixed precision). Each network is written
+once; each framework supplies its layers: bnjax's ``BatchNorm`` and
+``flax.linen.BatchNorm`` in the same linen network, ``flax.nnx``, Haiku,
+Equinox and Keras 3 in theirs, and the same linen network without any
+normalization, the floor. It reports the step's median time (ratio peer /
+bnjax) and the compiled program's temporary memory
+(``jax.jit(step).lower(...).compile().memory_analysis().temp_size_in_bytes``)
+as ratios against bnjax and against the floor.
+
+Without ``--model`` or ``--layers`` both benchmarks run. A run needs every
+peer it times (all JAX peers by default, or those ``--impls`` names) and, for
+``--plot``, matplotlib; anything missing stops it before any work with exit
+code 2 and the extra to install (``pip install "bnjax[bench]"``). torch is
+optional and skipped with a note when absent. ``--json`` is strict JSON: a
+value that does not exist is ``null``.
+
 Usage::
 
-  python -m bnjax.bench [--quick] [--impls bnjax,flax.linen,...] [--repeats N]
-                        [--json PATH] [--plot PATH]
+  python -m bnjax.bench [--quick] [--model | --layers] [--impls bnjax,flax.linen,...]
+                        [--repeats N] [--batch N] [--json PATH] [--plot PATH]
 """
 
 import argparse
-import json
+import importlib.metadata
 import os
+import re
 from typing import List
 
 import jax
 
+from ._deps import missing_message, missing_modules
+from ._json import strict as strict
+from ._json import write_json as write_json
+from ._model import FLOOR as FLOOR
+from ._model import IMAGE, OPTIMIZER
+from ._model import MODEL_IMPLS as MODEL_IMPLS
+from ._model import Step as Step
+from ._model import compile_step as compile_step
+from ._model import model_inputs as model_inputs
+from ._model import run_model as run_model
+from ._model_peers import Model as Model
+from ._model_report import format_model_table as format_model_table
+from ._model_report import model_summary as model_summary
+from ._model_report import plot_model_records as plot_model_records
 from ._modes import MODES as MODES
 from ._modes import PASSES
+from ._networks import NETWORKS as NETWORKS
+from ._networks import Network as Network
+from ._networks import plain as plain
+from ._networks import resnet as resnet
 from ._peers import Peer as Peer
 from ._peers import bnjax_peer as bnjax_peer
 from ._peers import equinox_peer as equinox_peer
@@ -55,10 +94,12 @@ from ._peers import flax_nnx_peer as flax_nnx_peer
 from ._peers import haiku_peer as haiku_peer
 from ._peers import keras_peer as keras_peer
 from ._registry import IMPLS as IMPLS
+from ._registry import INSTALL_HINT
 from ._registry import Impl as Impl
 from ._registry import load_impls as load_impls
 from ._report import format_table as format_table
 from ._report import plot_records as plot_records
+from ._report import plot_size
 from ._report import ratios as ratios
 from ._report import summary as summary
 from ._timing import COPY_METHOD
@@ -68,6 +109,8 @@ from ._timing import run as run
 
 SHAPES_FULL = [(64, 56, 56, 64), (64, 28, 28, 128), (64, 14, 14, 256), (64, 7, 7, 512), (256, 4096)]
 SHAPES_QUICK = [(32, 28, 28, 64), (32, 7, 7, 256), (256, 2048)]
+NETWORKS_QUICK = ["resnet8"]
+MODEL_BATCH = 32
 
 
 def _parse_impls(text: str) -> List[str]:
@@ -85,52 +128,124 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def main(argv=None) -> int:
-    """Command-line entry point."""
+def plain_text(rst: str) -> str:
+    """Plain text of reStructuredText for ``--help``: no double backquotes, ``::`` as ``:``."""
+    return re.sub(r"``(.*?)``", r"\1", rst).replace("::\n", ":\n")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bnjax.bench", description=__doc__.splitlines()[0]
+        prog="python -m bnjax.bench",
+        description=plain_text(__doc__.split("Usage::")[0]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true", help="small shapes, < 1 minute")
-    parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
+    parser.add_argument("--quick", action="store_true", help="small shapes and few repetitions")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", action="store_true", help="only the training-step benchmark")
+    which.add_argument("--layers", action="store_true", help="only the layer benchmark")
+    parser.add_argument("--json", metavar="PATH", help="write the records as strict JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of the ratios")
     parser.add_argument("--repeats", type=_positive_int, default=None, help="timed repetitions")
     parser.add_argument(
+        "--batch", type=_positive_int, default=MODEL_BATCH, help="training-step batch size"
+    )
+    parser.add_argument(
         "--impls",
         type=_parse_impls,
-        default=list(IMPLS),
+        default=None,
         help=f"comma-separated, from {', '.join(IMPLS)} (bnjax, the reference, is always timed)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _check_args(parser: argparse.ArgumentParser, args) -> None:
+    """Usage errors and missing dependencies, before any work (exit code 2)."""
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         folder = os.path.dirname(os.path.abspath(path)) if path else None
         if folder and not os.path.isdir(folder):  # fail now, not after the whole run
             parser.error(f"{option}: the folder of {path!r} does not exist")
+    required = [IMPLS[n].module for n in args.impls or IMPLS if IMPLS[n].install == INSTALL_HINT]
+    missing = missing_modules(required + (["matplotlib"] if args.plot else []))
+    if missing:
+        parser.exit(2, missing_message(missing) + "\n")
+
+
+def _run_layers(args, names, bandwidth) -> dict:
     shapes = SHAPES_QUICK if args.quick else SHAPES_FULL
     repeats = args.repeats or (10 if args.quick else 30)
-    names, versions, notes = load_impls(args.impls)
+    gbps = bandwidth / 1e9
+    print(f"layers: {repeats} repetitions; copy bandwidth {gbps:.1f} GB/s ({COPY_METHOD})")
+    records, notes = run(shapes, list(DTYPES), repeats, names, bandwidth)
+    print(format_table(records))
+    for note in notes:
+        print(f"note: {note}")
+    return {
+        "copy_bandwidth_gbps": bandwidth / 1e9,
+        "copy_bandwidth_method": COPY_METHOD,
+        "passes": {mode: PASSES[mode] for mode in MODES},
+        "repeats": repeats,
+        "records": [r for r in records if r["mode"] in MODES],
+    }
+
+
+def _run_model(args, names) -> dict:
+    networks = NETWORKS_QUICK if args.quick else list(NETWORKS)
+    repeats = args.repeats or (5 if args.quick else 20)
+    print(
+        f"training step: batch {args.batch}, {'×'.join(map(str, IMAGE))}, {OPTIMIZER}; "
+        f"{repeats} repetitions"
+    )
+    for network in networks:
+        print(f"  {network}: {NETWORKS[network].description}")
+    records, notes = run_model(networks, list(DTYPES), args.batch, repeats, names)
+    print(format_model_table(records))
+    for note in notes:
+        print(f"note: {note}")
+    return {
+        "batch": args.batch,
+        "image": list(IMAGE),
+        "optimizer": OPTIMIZER,
+        "networks": {network: NETWORKS[network].description for network in networks},
+        "repeats": repeats,
+        "records": records,
+    }
+
+
+def _plot(result: dict, path: str) -> None:
+    """One PNG: the layer ratios above the training-step panels, whichever ran."""
+    from matplotlib.figure import Figure
+
+    layers, model = result.get("records"), result.get("model", {}).get("records")
+    heights = ([plot_size(layers)[1]] if layers else []) + ([6.4] if model else [])
+    width = max([plot_size(layers)[0]] if layers else [6.0])
+    figure = Figure(figsize=(width, sum(heights)), layout="constrained")
+    panels = figure.subfigures(len(heights), 1, height_ratios=heights, squeeze=False)[:, 0]
+    if layers:
+        plot_records(layers, figure=panels[0])
+    if model:
+        plot_model_records(model, figure=panels[-1])
+    figure.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    """Command-line entry point."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    names, versions, notes = load_impls(args.impls or list(IMPLS))
     device = jax.devices()[0].device_kind
-    bandwidth = copy_bandwidth(max(repeats, 5))
-    print(f"{', '.join(f'{k} {v}' for k, v in versions.items())}; {device}; {repeats} repetitions")
-    print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s ({COPY_METHOD})")
+    if not args.layers:
+        versions["optax"] = importlib.metadata.version("optax")
+    print(f"{', '.join(f'{k} {v}' for k, v in versions.items())}; {device}")
     for note in notes:
         print(note)
-    records, run_notes = run(shapes, list(DTYPES), repeats, names, bandwidth)
-    print(format_table(records))
-    for note in run_notes:
-        print(f"note: {note}")
-    written = [r for r in records if r["mode"] in MODES]
+    result = {"device": device, "versions": versions}
+    if not args.model:
+        result.update(_run_layers(args, names, copy_bandwidth(10 if args.quick else 30)))
+    if not args.layers:
+        result["model"] = _run_model(args, names)
     if args.json:
-        with open(args.json, "w") as f:
-            result = {
-                "device": device,
-                "copy_bandwidth_gbps": bandwidth / 1e9,
-                "copy_bandwidth_method": COPY_METHOD,
-                "passes": {mode: PASSES[mode] for mode in MODES},
-                "versions": versions,
-                "repeats": repeats,
-                "records": written,
-            }
-            json.dump(result, f, indent=1)
+        write_json(result, args.json)
     if args.plot:
-        plot_records(written, args.plot)
+        _plot(result, args.plot)
     return 0

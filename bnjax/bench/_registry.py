@@ -7,6 +7,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 
+from ._deps import EXTRA_HINT
 from ._jax_calls import jax_timed
 from ._loading import PeerSkipped, import_peer
 from ._peers import (
@@ -20,7 +21,7 @@ from ._peers import (
 )
 from ._torch import import_torch, torch_timed
 
-INSTALL_HINT = "pip install bnjax[bench]"
+INSTALL_HINT = EXTRA_HINT
 
 
 @dataclasses.dataclass(frozen=True)

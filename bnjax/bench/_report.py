@@ -91,7 +91,14 @@ def summary(records: List[Dict]) -> List[str]:
     return lines
 
 
-def plot_records(records: List[Dict], path: Optional[str] = None):
+def plot_size(records: List[Dict]) -> Tuple[float, float]:
+    """The (width, height) in inches of ``plot_records``'s figure."""
+    groups = {(str(r["shape"]), r["dtype"]) for r in records}
+    modes = {r["mode"] for r in records if r["mode"] in MODES}
+    return max(6.0, 1.1 * len(groups)), 3.2 * len(modes)
+
+
+def plot_records(records: List[Dict], path: Optional[str] = None, figure=None):
     """Grouped bars of peer time / bnjax time per shape and dtype, one panel per mode.
 
     Bars start at 1 on a log axis: up where bnjax is faster, down where the
@@ -102,9 +109,11 @@ def plot_records(records: List[Dict], path: Optional[str] = None):
       records: benchmark records (``impl``, ``shape``, ``dtype``, ``mode``,
         ``median_ms``).
       path: if given, the PNG is written there.
+      figure: a matplotlib ``Figure`` (or ``SubFigure``) to draw into; a new
+        one if None.
 
     Returns:
-      The ``matplotlib.figure.Figure``.
+      The figure drawn into.
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
@@ -113,7 +122,8 @@ def plot_records(records: List[Dict], path: Optional[str] = None):
     peers = [n for n in _impls_in(records) if n != "bnjax"]
     groups = list(dict.fromkeys((str(r["shape"]), r["dtype"]) for r in records))
     modes = [m for m in MODES if any(c[2] == m for c in table)]
-    figure = Figure(figsize=(max(6.0, 1.1 * len(groups)), 3.2 * len(modes)), layout="constrained")
+    if figure is None:
+        figure = Figure(figsize=plot_size(records), layout="constrained")
     axes = figure.subplots(len(modes), 1, squeeze=False)[:, 0]
     width = 0.8 / max(len(peers), 1)
     for ax, mode in zip(axes, modes, strict=True):

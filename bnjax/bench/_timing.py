@@ -11,6 +11,7 @@ import numpy as np
 
 from ._loading import error_text
 from ._modes import PASSES
+from ._progress import progress
 from ._registry import IMPLS
 from ._report import ratios, record_config
 
@@ -19,7 +20,8 @@ COPY_BYTES = 64 << 20  # the array copied to measure bandwidth: well beyond the 
 COPY_METHOD = f"jit(x + 1), x donated, {COPY_BYTES >> 20} MiB float32, 2 * bytes / median time"
 
 
-def _time_once(fn) -> float:
+def time_once(fn) -> float:
+    """Milliseconds one call of ``fn`` takes, to its results being ready."""
     start = time.perf_counter()
     jax.block_until_ready(fn())
     return (time.perf_counter() - start) * 1e3
@@ -87,19 +89,21 @@ def _warm_calls(name: str, shape, dtype_name: str, x, cotangent, failures: Dict)
     return warm, saved
 
 
-def _run_config(shape, dtype_name, repeats, names, bandwidth, failures) -> List[Dict]:
+def _run_config(shape, dtype_name, repeats, names, bandwidth, failures, bar) -> List[Dict]:
     """Times every implementation on one shape and dtype; returns its records."""
     x, cotangent = _inputs(shape, dtype_name)
     calls, saved = {}, {}
     for name in names:
         warm, saved[name] = _warm_calls(name, shape, dtype_name, x, cotangent, failures)
         calls.update({(name, mode): call for mode, call in warm.items()})
+        bar.update()
     times = {key: [] for key in calls}
     order, rng = list(calls), random.Random(0)
     for _ in range(repeats):  # interleaved repetitions, each in a new order
         rng.shuffle(order)  # what ran just before (and what it left in cache) varies
         for key in order:
-            times[key].append(_time_once(calls[key]))
+            times[key].append(time_once(calls[key]))
+        bar.update()
     records = []
     for (name, mode), samples in times.items():
         median_ms = statistics.median(samples)
@@ -132,9 +136,10 @@ def run(shapes, dtypes, repeats: int, names: Sequence[str], bandwidth: float):
       mode that ran (with ``ratio_vs_bnjax``), and a note per error.
     """
     records, failures = [], {}
-    for shape in shapes:
-        for dtype_name in dtypes:
-            records += _run_config(shape, dtype_name, repeats, names, bandwidth, failures)
+    with progress(len(shapes) * len(dtypes) * (len(names) + repeats), "layers") as bar:
+        for shape in shapes:
+            for dtype_name in dtypes:
+                records += _run_config(shape, dtype_name, repeats, names, bandwidth, failures, bar)
     table = ratios(records)
     for record in records:
         record["ratio_vs_bnjax"] = table.get(record_config(record), {}).get(record["impl"])
