@@ -33,7 +33,7 @@ import bnjax
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "bnjax"
-APPLICATIONS = {"demo.py", "_experiment.py", "_data.py", "bench"}  # may use the extras
+APPLICATIONS = {"demo", "bench"}  # the packages of the programs: may use the extras
 EXTRAS_ONLY = {"optax", "sklearn", "matplotlib", "haiku", "equinox", "keras", "torch"}
 DEPENDENCIES = {"jax", "jaxlib", "flax", "chex", "numpy", "tqdm"}  # pyproject's, as modules
 

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from ..linen import BatchNorm
 from ._data import Dataset
-from .linen import BatchNorm
 
 ACTIVATIONS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "tanh": nn.tanh}
 PERCENTILES = (15, 50, 85)

@@ -24,7 +24,6 @@ import importlib.util
 import json
 import math
 import os
-import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -299,7 +298,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     seconds = time.perf_counter() - start
     print(f"wrote {args.out}/results.json and {args.out}/figure1.png in {seconds:.0f} s")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
