@@ -208,6 +208,7 @@ def _run_model(args, names) -> dict:
         "networks": {network: NETWORKS[network].description for network in networks},
         "repeats": repeats,
         "records": records,
+        "notes": notes,
     }
 
 

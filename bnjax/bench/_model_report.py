@@ -9,6 +9,8 @@ from ._report import RATIO_TICKS
 
 FLOOR = "floor"
 ORDER = ("bnjax", "flax.linen", "flax.nnx", "haiku", "equinox", "keras", FLOOR)
+# The layer plot's colours for the peers (matplotlib's cycle in IMPLS order), bnjax in black.
+COLORS = {"bnjax": "black", **{n: f"C{i}" for i, n in enumerate(ORDER[1:-1])}, FLOOR: "C7"}
 
 
 def _impls_in(records: List[Dict]) -> List[str]:
@@ -107,7 +109,7 @@ def plot_model_records(records: List[Dict], path: Optional[str] = None, figure=N
          "compiled temporary memory over the no-normalization floor (1: no cost)"),
     )  # fmt: skip
     if figure is None:
-        figure = Figure(figsize=(max(6.0, 1.6 * len(groups)), 6.4), layout="constrained")
+        figure = Figure(figsize=(max(7.0, 1.6 * len(groups) + 1.5), 6.4), layout="constrained")
     axes = figure.subplots(2, 1, squeeze=False)[:, 0]
     for ax, (key, impls, ylabel, title) in zip(axes, panels, strict=True):
         width = 0.8 / max(len(impls), 1)
@@ -119,7 +121,9 @@ def plot_model_records(records: List[Dict], path: Optional[str] = None, figure=N
                 ]
             )
             offset = (i - (len(impls) - 1) / 2) * width
-            ax.bar(np.arange(len(groups)) + offset, values - 1, width, bottom=1, label=name)
+            color = COLORS[name]  # one colour per implementation in every panel
+            x = np.arange(len(groups)) + offset
+            ax.bar(x, values - 1, width, bottom=1, label=name, color=color)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(FixedLocator(RATIO_TICKS))
@@ -129,7 +133,7 @@ def plot_model_records(records: List[Dict], path: Optional[str] = None, figure=N
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=9)
         ax.set_xticks(np.arange(len(groups)), [f"{n}\n{d}" for n, d in groups], fontsize=7)
-        ax.legend(fontsize=7, ncols=min(len(impls), 6), loc="upper left")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if path:
         figure.savefig(path, dpi=120)
     return figure
