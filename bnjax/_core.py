@@ -7,7 +7,8 @@ import jax.numpy as jnp
 
 from . import _checks, _validate
 from ._ghost import check_virtual_batch_size, normalize_virtual_batches
-from ._renorm import check_renorm_limits, renorm_scale_and_bias
+from ._options import Options
+from ._renorm import renorm_scale_and_bias
 from ._running import update_running_stats
 from ._stats import accumulation_dtype, shift_dtype
 from ._transform import normalize_eval, normalize_train
@@ -168,11 +169,7 @@ def batch_norm(
       (2, 2)
 
     """
-    return _normalize(
-        x, params, state, train, axis=axis, momentum=momentum, epsilon=epsilon,
-        unbiased=unbiased, mask=mask, axis_name=axis_name, axis_index_groups=axis_index_groups,
-        virtual_batch_size=virtual_batch_size, check_values=check_values, renorm=None,
-    )  # fmt: skip
+    return normalize(x, params, state, train, Options.from_keywords(locals()), mask)
 
 
 def batch_renorm(
@@ -229,56 +226,77 @@ def batch_renorm(
       >>> bool(jnp.array_equal(y, y_bn))
       True
     """
-    check_renorm_limits(r_max, d_max)
-    return _normalize(
-        x, params, state, train, axis=axis, momentum=momentum, epsilon=epsilon,
-        unbiased=unbiased, mask=mask, axis_name=axis_name, axis_index_groups=axis_index_groups,
-        virtual_batch_size=None, check_values=check_values, renorm=(r_max, d_max),
-    )  # fmt: skip
+    options = Options.from_keywords(locals(), renorm_limits=(r_max, d_max))
+    return normalize(x, params, state, train, options, mask)
 
 
-def _normalize(
-    x, params, state, train, *, axis, momentum, epsilon, unbiased, mask, axis_name,
-    axis_index_groups, virtual_batch_size, check_values, renorm,
-):  # fmt: skip
-    """What ``batch_norm`` and ``batch_renorm`` share: checks, transform, running statistics."""
+def normalize(
+    x: jax.Array,
+    params: BatchNormParams,
+    state: BatchNormState,
+    train: bool,
+    options: Options,
+    mask: Optional[jax.Array] = None,
+) -> Tuple[jax.Array, BatchNormState]:
+    """What ``batch_norm``, ``batch_renorm`` and the Flax modules run: one path, top to bottom.
+
+    Validate → (evaluation: normalize with ``state``) → the batch's statistics
+    and the transform (plain, ghost batches or renorm as one named step each)
+    → the running update.
+
+    Args:
+      x: the input.
+      params: ``BatchNormParams``.
+      state: ``BatchNormState``.
+      train: static Python bool.
+      options: the ``Options`` (see ``batch_norm`` for their meaning).
+      mask: optional boolean mask broadcastable to ``x``.
+
+    Returns:
+      ``(y, new_state)`` as ``batch_norm``.
+    """
     train = _validate.check_train(train)
-    _validate.check_config(momentum, epsilon, unbiased, axis_name, axis_index_groups)
+    options = options.check()
     x = _validate.check_input(x)
-    layout = _validate.layout_of(x, axis, train)
+    layout = _validate.layout_of(x, options.axis, train)
     _validate.check_params_and_state(params, state, layout, x, train)
     mask = _validate.check_mask(mask, x)
-    check_virtual_batch_size(virtual_batch_size, x, layout, axis_name, train)
-    if renorm is not None and jnp.iscomplexobj(x):
+    _validate.check_axis_name(options.axis_name)
+    if options.renorm_limits is not None and jnp.iscomplexobj(x):
         raise TypeError(f"batch_renorm needs real x, got dtype {x.dtype}")
-    _validate.check_axis_name(axis_name)
+    if train:
+        check_virtual_batch_size(options.virtual_batch_size, x, layout)
 
     acc = accumulation_dtype(x.dtype)
     scale = _per_feature(params.scale, 1.0, layout, acc)
     bias = _per_feature(params.bias, 0.0, layout, acc)
-    if check_values:
-        _checks.check_input_values(x, layout.reduce_axes)
-        _checks.check_running_stats(state.mean, state.var)
     running_mean = _per_feature(state.mean, 0.0, layout, shift_dtype(x.dtype))
     running_var = _per_feature(state.var, 1.0, layout, acc)
+    if options.check_values:
+        _checks.check_input_values(x, layout.reduce_axes)
+        _checks.check_running_stats(state.mean, state.var)
     if not train:
-        return normalize_eval(x, scale, bias, running_mean, running_var, epsilon), state
+        return normalize_eval(x, scale, bias, running_mean, running_var, options.epsilon), state
 
-    if renorm is not None:
+    unbiased = options.unbiased
+    if options.renorm_limits is not None:  # Batch Renormalization: corrected scale and bias
         scale, bias = renorm_scale_and_bias(
-            x, scale, bias, running_mean, running_var, mask, layout.reduce_axes, epsilon,
-            *renorm, axis_name, axis_index_groups,
+            x, scale, bias, running_mean, running_var, mask, layout.reduce_axes,
+            options.epsilon, *options.renorm_limits, options.axis_name, options.axis_index_groups,
         )  # fmt: skip
-    if virtual_batch_size is None:
+    if options.virtual_batch_size is None:
         y, moments = normalize_train(
-            x, scale, bias, mask, layout.reduce_axes, epsilon, axis_name, axis_index_groups
-        )
-    else:  # the groups' variances come back already corrected when unbiased
+            x, scale, bias, mask, layout.reduce_axes, options.epsilon, options.axis_name,
+            options.axis_index_groups,
+        )  # fmt: skip
+    else:  # ghost batches: their variances come back already corrected when unbiased
         y, moments = normalize_virtual_batches(
-            x, scale, bias, mask, layout, virtual_batch_size, epsilon, unbiased
+            x, scale, bias, mask, layout, options.virtual_batch_size, options.epsilon, unbiased
         )
         unbiased = False
-    if check_values:
+    if options.check_values:
         _checks.check_batch_stats(moments.mean, moments.var)
-    new_state = update_running_stats(state, moments, layout.feature_shape, momentum, unbiased)
+    new_state = update_running_stats(
+        state, moments, layout.feature_shape, options.momentum, unbiased
+    )
     return y, new_state

@@ -1,66 +1,49 @@
 """What the Flax modules share: argument resolution and the call into the core.
 
 The linen and NNX modules only hold variables; everything they compute goes
-through ``call_core`` and from there through ``batch_norm``.
+through ``call_core`` and from there through the core's ``normalize``, with the
+``Options`` that ``core_options`` reads from the module's attributes.
 """
 
-from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
 from . import _validate
-from ._core import batch_norm, batch_renorm
+from ._core import normalize
+from ._options import Options
 from ._types import BatchNormParams, BatchNormState
 
 
-class CoreOptions(NamedTuple):
-    """The keyword arguments a module forwards to ``batch_norm``."""
+def core_options(module, *, initializing: bool = False, population: bool = False) -> Options:
+    """The core's ``Options`` from a module's attributes of the same names (linen or NNX).
 
-    axis: Union[int, Sequence[int]]
-    momentum: Optional[float]
-    epsilon: float
-    unbiased: bool
-    axis_name: Any
-    axis_index_groups: Any
-    virtual_batch_size: Optional[int]
-    check_values: bool
-
-
-def core_options(module, *, initializing: bool = False, population: bool = False) -> CoreOptions:
-    """The ``batch_norm`` options held by a module's attributes (linen or NNX).
+    A new option of ``batch_norm`` reaches the modules by giving them an
+    attribute of the option's name; nothing here changes.
 
     Args:
       module: a bnjax BatchNorm module.
       initializing: linen's init, which runs without cross-device axes and
         virtual batches (it never uses the statistics).
-      population: precise-BN mode: the exact average with unbiased variances.
+      population: precise-BN mode: the exact average with unbiased variances,
+        and a renorm layer normalizes with its batch statistics (r = 1,
+        d = 0): the population statistics being built replace the running
+        statistics that r and d would refer to, and the layers after it then
+        see activations normalized as they will be at inference (see
+        ``bnjax.recompute_population_stats``).
 
     Returns:
-      The ``CoreOptions``.
+      The ``Options``.
     """
-    return CoreOptions(
-        axis=module.axis,
-        momentum=None if population else module.momentum,
-        epsilon=module.epsilon,
-        unbiased=population or module.unbiased,
-        axis_name=None if initializing else module.axis_name,
-        axis_index_groups=None if initializing else module.axis_index_groups,
-        virtual_batch_size=None if initializing else module.virtual_batch_size,
-        check_values=module.check_values,
-    )
-
-
-def renorm_limits(module, *, population: bool = False) -> Optional[Tuple[float, float]]:
-    """``(r_max, d_max)`` for a ``renorm=True`` module in training, else None.
-
-    In population mode a renorm layer normalizes with its batch statistics, as
-    plain batch norm (r = 1, d = 0): the population statistics being built
-    replace the running statistics that r and d would refer to, and the layers
-    after it then see activations normalized as they will be at inference
-    (see ``bnjax.recompute_population_stats``).
-    """
-    return (module.r_max, module.d_max) if module.renorm and not population else None
+    overrides = {}
+    if module.renorm and not population:
+        overrides["renorm_limits"] = (module.r_max, module.d_max)
+    if population:
+        overrides.update(momentum=None, unbiased=True)
+    if initializing:
+        overrides.update(axis_name=None, axis_index_groups=None, virtual_batch_size=None)
+    return Options.from_keywords(vars(module), **overrides)
 
 
 def resolve_use_running_average(
@@ -174,15 +157,14 @@ def call_core(
     count: Optional[jax.Array],
     train: bool,
     dtype,
-    options: CoreOptions,
+    options: Options,
     mask: Optional[jax.Array] = None,
-    renorm: Optional[Tuple[float, float]] = None,
     promote_with_statistics: bool = False,
 ) -> Tuple[jax.Array, BatchNormState]:
     """Casts x to the computation dtype and runs ``batch_norm`` on module variables.
 
     ``count`` may be None (modes that do not store it); the returned state's
-    count is then meaningless. ``renorm=(r_max, d_max)`` runs ``batch_renorm``.
+    count is then meaningless.
     The output dtype follows Flax: ``dtype``, else x promoted with scale and
     bias (linen) or also with the statistics (NNX, ``promote_with_statistics``).
     """
@@ -194,15 +176,5 @@ def call_core(
     x_is_inexact = jnp.issubdtype(x.dtype, jnp.inexact)
     x = x.astype(_widest([out_dtype, x.dtype]) if x_is_inexact else out_dtype)
     state = BatchNormState(mean, var, jnp.zeros((), jnp.int32) if count is None else count)
-    kwargs = options._asdict()
-    params = BatchNormParams(scale, bias)
-    if renorm is None:
-        y, new_state = batch_norm(x, params, state, train, mask=mask, **kwargs)
-    else:
-        if kwargs.pop("virtual_batch_size") is not None:
-            raise ValueError("renorm=True and virtual_batch_size cannot be combined")
-        r_max, d_max = renorm
-        y, new_state = batch_renorm(
-            x, params, state, train, r_max=r_max, d_max=d_max, mask=mask, **kwargs
-        )
+    y, new_state = normalize(x, BatchNormParams(scale, bias), state, train, options, mask)
     return y.astype(out_dtype), new_state

@@ -10,7 +10,6 @@ from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ._stats import Moments
 from ._transform import normalize_train
@@ -24,20 +23,9 @@ def _split_axis(shape: Tuple[int, ...], axis: int, groups: int) -> Tuple[int, ..
     return shape[:axis] + split + shape[axis + 1 :]
 
 
-def check_virtual_batch_size(
-    size: Optional[int], x: jax.Array, layout: Layout, axis_name, train: bool
-) -> None:
-    """Checks ``size`` (in every mode); in training, that it divides the batch axis of ``x``."""
+def check_virtual_batch_size(size: Optional[int], x: jax.Array, layout: Layout) -> None:
+    """In training: ``size`` (already a positive int, see ``Options``) divides the batch axis."""
     if size is None:
-        return
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"virtual_batch_size must be a positive int or None, got {size!r}")
-    if axis_name is not None:
-        raise ValueError(
-            "virtual_batch_size cannot be combined with axis_name: ghost batches are "
-            f"normalized on their own device, got axis_name={axis_name!r}"
-        )
-    if not train:  # evaluation uses the running statistics: any batch size is fine
         return
     if not layout.reduce_axes:
         raise ValueError(f"virtual_batch_size needs a batch axis; x has shape {x.shape}")

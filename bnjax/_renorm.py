@@ -7,7 +7,6 @@ with scale γ·r and bias β + γ·d, so the transform, its differentiation rule
 and the running statistics are batch_norm's own.
 """
 
-import numbers
 from typing import Optional, Tuple
 
 import jax
@@ -15,17 +14,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._stats import batch_moments
-
-
-def check_renorm_limits(r_max: float, d_max: float) -> None:
-    """r_max >= 1 and d_max >= 0 (r_max = 1, d_max = 0 is plain batch norm)."""
-    for name, value in (("r_max", r_max), ("d_max", d_max)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{name} must be a Python float, got {value!r}")
-    if not r_max >= 1.0:
-        raise ValueError(f"r_max must be >= 1, got {r_max=}")
-    if not d_max >= 0.0:
-        raise ValueError(f"d_max must be >= 0, got {d_max=}")
 
 
 def renorm_scale_and_bias(

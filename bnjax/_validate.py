@@ -5,7 +5,6 @@ costs nothing inside a compiled function. Each error names the argument, what
 was expected and what came.
 """
 
-import numbers
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import chex
@@ -49,17 +48,6 @@ def feature_shape_from(num_features) -> Tuple[int, ...]:
     return shape
 
 
-def check_epsilon(epsilon) -> None:
-    """Epsilon must be a finite Python/NumPy real >= 0."""
-    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
-        raise TypeError(
-            f"epsilon must be a non-negative Python float, got {epsilon!r} "
-            f"of type {type(epsilon).__name__}"
-        )
-    if not (np.isfinite(epsilon) and epsilon >= 0.0):
-        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon=}")
-
-
 def check_floating(value, name: str) -> jax.Array:
     """``value`` as an array, or a TypeError naming ``name`` unless it is floating point."""
     value = as_array(value, name)
@@ -69,28 +57,6 @@ def check_floating(value, name: str) -> jax.Array:
             f"cast it first, e.g. {name}.astype(jnp.float32)"
         )
     return value
-
-
-def check_config(
-    momentum: Optional[float], epsilon: float, unbiased: bool, axis_name, axis_index_groups
-) -> None:
-    """Checks the hyperparameters that do not depend on the input."""
-    if momentum is not None:
-        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
-            raise TypeError(
-                f"momentum must be a Python float in [0, 1] or None, got {momentum!r} "
-                f"of type {type(momentum).__name__}"
-            )
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1] (or None), got {momentum=}")
-    check_epsilon(epsilon)
-    if not isinstance(unbiased, (bool, np.bool_)):
-        raise TypeError(f"unbiased must be a Python bool, got {unbiased!r}")
-    if axis_index_groups is not None and axis_name is None:
-        raise ValueError(
-            "axis_index_groups needs axis_name: got axis_index_groups="
-            f"{axis_index_groups!r} with axis_name=None"
-        )
 
 
 def check_train(train) -> bool:

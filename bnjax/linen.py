@@ -12,7 +12,6 @@ from ._frontend import (
     check_feature_shape,
     core_options,
     feature_shape_of,
-    renorm_limits,
     resolve_use_running_average,
 )
 from ._population import COLLECTION, population_requested
@@ -141,7 +140,6 @@ class BatchNorm(nn.Module):
             self.dtype,
             core_options(self, initializing=initializing, population=population),
             mask,
-            renorm_limits(self, population=population),
         )
         if updating:
             mean.value, var.value = new_state.mean, new_state.var

@@ -15,7 +15,6 @@ from ._frontend import (
     core_options,
     output_dtype,
     promote_like_flax_nnx,
-    renorm_limits,
     resolve_use_running_average,
 )
 from ._population import check_contributions, iterate_batches
@@ -185,7 +184,6 @@ class BatchNorm(nnx.Module):
             output_dtype(x, self.dtype, scale, bias),
             core_options(self, population=population),
             mask,
-            renorm_limits(self, population=population),
         )
         if train:
             if new_state.mean.dtype == self.mean.dtype:
