@@ -4,21 +4,31 @@ Public API:
   init, batch_norm: the functional core.
   BatchNormParams, BatchNormState: its parameter and statistics containers.
   batch_renorm: Batch Renormalization (Ioffe, 2017).
-  BatchNorm: the flax.linen module (drop-in for flax.linen.BatchNorm).
+  fold_into_linear: fold eval-mode BN into the preceding Dense/Conv.
+  BatchNorm (= linen.BatchNorm): the flax.linen module (drop-in for flax.linen.BatchNorm).
   nnx.BatchNorm: the flax.nnx module.
   recompute_population_stats, nnx.recompute_population_stats: precise BN.
-  fold_into_linear: fold eval-mode BN into the preceding Dense/Conv.
+
+The functional core needs JAX only: ``import bnjax`` does not import Flax. The
+Flax front ends (``BatchNorm``, ``linen``, ``nnx``, ``recompute_population_stats``)
+are loaded on first use.
 """
 
-from . import nnx as nnx
+import importlib as _importlib
+import typing as _typing
+
 from ._core import batch_norm as batch_norm
 from ._core import batch_renorm as batch_renorm
 from ._core import init as init
 from ._fold import fold_into_linear as fold_into_linear
-from ._population import recompute_population_stats as recompute_population_stats
 from ._types import BatchNormParams as BatchNormParams
 from ._types import BatchNormState as BatchNormState
-from .linen import BatchNorm as BatchNorm
+
+if _typing.TYPE_CHECKING:  # what the lazy names below are, for type checkers and editors
+    from . import linen as linen
+    from . import nnx as nnx
+    from ._population import recompute_population_stats as recompute_population_stats
+    from .linen import BatchNorm as BatchNorm
 
 __version__ = "0.1.0"
 
@@ -30,6 +40,31 @@ __all__ = [
     "batch_renorm",
     "fold_into_linear",
     "init",
+    "linen",
     "nnx",
     "recompute_population_stats",
 ]
+
+# The names that need Flax: name → (module, attribute or None for the module itself).
+_LAZY = {
+    "BatchNorm": (".linen", "BatchNorm"),
+    "linen": (".linen", None),
+    "nnx": (".nnx", None),
+    "recompute_population_stats": ("._population", "recompute_population_stats"),
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    """Imports a Flax front end on first access (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = _importlib.import_module(module_name, __name__)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazy ones included."""
+    return sorted({*globals(), *_LAZY})
