@@ -136,8 +136,8 @@ def _take(x: jax.Array, index) -> jax.Array:
     compiler choosing the communication (``auto_axes``) and comes back
     replicated.
     """
-    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
-    if spec is None or all(part is None for part in spec):
+    spec = jax.typeof(x).sharding.spec
+    if all(part is None for part in spec):
         return x[index]
     replicated = jax.sharding.PartitionSpec(*([None] * x.ndim))
     return jax.sharding.auto_axes(lambda x: x[index], out_sharding=replicated)(x)

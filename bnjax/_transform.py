@@ -203,12 +203,12 @@ def _per_device(values: jax.Array, x: jax.Array, axis_name) -> jax.Array:
     """
     if axis_name is None:
         return values
-    varying = getattr(getattr(jax.typeof(x), "mat", None), "varying", frozenset())
-    names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
-    if not set(names) <= set(varying) or set(names) <= set(_varying_axes(values)):
+    names = set(axis_name if isinstance(axis_name, tuple) else (axis_name,))
+    if not names <= _varying_axes(x) or names <= _varying_axes(values):
         return values
     return lax.pcast(values, axis_name, to="varying")
 
 
 def _varying_axes(value: jax.Array) -> frozenset:
-    return getattr(getattr(jax.typeof(value), "mat", None), "varying", frozenset())
+    """The mesh axes ``shard_map`` types ``value`` as varying over (empty outside it)."""
+    return jax.typeof(value).mat.varying

@@ -1,4 +1,4 @@
-"""``bnjax.BatchNorm``: a drop-in replacement for ``flax.linen.BatchNorm``."""
+"""``bnjax.linen``: the flax.linen ``BatchNorm`` (drop-in) and ``recompute_population_stats``."""
 
 from typing import Any, Optional, Sequence, Union
 
@@ -15,6 +15,7 @@ from ._frontend import (
     resolve_use_running_average,
 )
 from ._population import COLLECTION, population_requested
+from ._population import recompute_population_stats as recompute_population_stats
 
 
 class BatchNorm(nn.Module):
