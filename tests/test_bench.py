@@ -84,12 +84,14 @@ def test_failing_peers_are_noted(tmp_path, monkeypatch, capsys):
         ([], "haiku_is_not_installed"),  # every JAX peer is needed by default
         (["--impls", "haiku"], "haiku_is_not_installed"),
         (["--impls", "flax.linen", "--plot", "b.png"], "matplotlib"),
+        (["--model", "--impls", "flax.linen"], "optax"),
     ],
 )
 def test_missing_dependencies_stop_before_any_work(args, missing, monkeypatch, capsys):
     missing_peer = dataclasses.replace(bench.IMPLS["haiku"], module="haiku_is_not_installed")
     monkeypatch.setitem(bench.IMPLS, "haiku", missing_peer)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "optax", None)
     monkeypatch.setattr(bench, "load_impls", None)  # nothing past the check may run
     with pytest.raises(SystemExit) as exit_info:
         bench.main(args)

@@ -46,10 +46,11 @@ bnjax) and the compiled program's temporary memory
 as ratios against bnjax and against the floor.
 
 Without ``--model`` or ``--layers`` both benchmarks run. A run needs every
-peer it times (all JAX peers by default, or those ``--impls`` names) and, for
-``--plot``, matplotlib; anything missing stops it before any work with exit
-code 2 and the extra to install (``pip install "bnjax[bench]"``). torch is
-optional and skipped with a note when absent. ``--json`` is strict JSON: a
+peer it times (all JAX peers by default, or those ``--impls`` names), optax
+for the training step and, for ``--plot``, matplotlib; anything missing stops
+it before any work with exit code 2 and the extra to install
+(``pip install "bnjax[bench]"``). torch is optional and skipped with a note
+when absent. ``--json`` is strict JSON: a
 value that does not exist is ``null``.
 
 Usage::
@@ -165,6 +166,7 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
         if folder and not os.path.isdir(folder):  # fail now, not after the whole run
             parser.error(f"{option}: the folder of {path!r} does not exist")
     required = [IMPLS[n].module for n in args.impls or IMPLS if IMPLS[n].install == INSTALL_HINT]
+    required += ["optax"] if not args.layers else []  # the training step's optimizer
     missing = missing_modules(required + (["matplotlib"] if args.plot else []))
     if missing:
         parser.exit(2, missing_message(missing) + "\n")
@@ -233,7 +235,8 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
-    names, versions, notes = load_impls(args.impls or list(IMPLS))
+    default = [n for n in IMPLS if not (args.model and n not in MODEL_IMPLS)]  # no torch step
+    names, versions, notes = load_impls(args.impls or default)
     device = jax.devices()[0].device_kind
     if not args.layers:
         versions["optax"] = importlib.metadata.version("optax")
