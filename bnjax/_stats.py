@@ -175,14 +175,14 @@ def _centred_sums(x, mask, reduce_axes, shift, count):
     Returns ``(offset, m2, uncertain)``, ``uncertain`` a scalar bool that is
     True when some feature's q = Σ(x−K)²/M2 exceeds ``MAX_CANCELLATION``.
     """
-    # The barrier keeps the slice that gave the shift from becoming one more
-    # consumer of x's conversion, which XLA:CPU would then write to memory.
-    xf = lax.optimization_barrier(x).astype(shift.dtype)
-    # Two copies of the shift that XLA cannot merge: each reduction then reads x
-    # itself and XLA:CPU runs the two side by side, instead of writing one x − K
-    # to memory and reading it twice (it does not fuse sibling reductions).
-    s1 = masked_sum(xf - shift, mask, reduce_axes)
-    centered = xf - lax.optimization_barrier(shift)
+    # Two copies of x and of the shift that XLA cannot merge: each reduction then
+    # reads x itself, converts it in its own fusion and XLA:CPU runs the two side by
+    # side, instead of writing one converted x (bfloat16 input) or one x − K to
+    # memory and reading it twice (it does not fuse sibling reductions). The
+    # barrier also keeps the slice that gave the shift from sharing the conversion.
+    x1, x2, shift2 = lax.optimization_barrier((x, x, shift))
+    s1 = masked_sum(x1.astype(shift.dtype) - shift, mask, reduce_axes)
+    centered = x2.astype(shift.dtype) - shift2
     s2 = masked_sum(centered * centered, mask, reduce_axes)
     offset = s1 / safe_count(count)
     m2 = jnp.maximum(s2 - s1 * offset, jnp.zeros((), s2.dtype))
