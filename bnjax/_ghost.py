@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from ._stats import Moments
+from ._stats import Moments, unbiased_variance
 from ._transform import normalize_train
 from ._validate import Layout
 
@@ -90,7 +90,7 @@ def normalize_virtual_batches(
     has_mean = count > 0
     has_var = count > 1 if unbiased else has_mean
     if unbiased:
-        var = var * (count / jnp.maximum(count - 1, 1))
+        var = unbiased_variance(var, count)
 
     def average(values, valid):
         groups = jnp.sum(valid, axis=batch_axis, keepdims=True, dtype=count.dtype)

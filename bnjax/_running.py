@@ -5,7 +5,7 @@ from typing import Optional
 import jax.numpy as jnp
 from jax import lax
 
-from ._stats import Moments, accumulation_dtype
+from ._stats import Moments, accumulation_dtype, unbiased_variance
 from ._types import BatchNormState
 
 
@@ -54,7 +54,7 @@ def update_running_stats(
     mean = lax.stop_gradient(batch.mean.reshape(feature_shape))
     var = lax.stop_gradient(batch.var.reshape(feature_shape))
     if unbiased:
-        var = var * (count / (count - 1))
+        var = unbiased_variance(var, count)  # NaN for a single element: the feature is kept
     mean_dtype = state.mean.dtype
     if jnp.iscomplexobj(mean) and not jnp.iscomplexobj(state.mean):  # complex x: complex mean
         mean_dtype = (lax.complex(state.mean, state.mean)).dtype

@@ -103,6 +103,12 @@ def shift_dtype(dtype) -> jnp.dtype:
     return acc
 
 
+def unbiased_variance(var: jax.Array, count: jax.Array) -> jax.Array:
+    """Bessel's correction m/(m−1)·σ²; NaN where m <= 1 (a single element has none)."""
+    usable = count > 1
+    return jnp.where(usable, var * (count / jnp.where(usable, count - 1, 1)), jnp.nan)
+
+
 def safe_count(count: jax.Array) -> jax.Array:
     """The count with empty batches mapped to 1, so divisions stay finite."""
     return jnp.maximum(count, jnp.ones_like(count))
