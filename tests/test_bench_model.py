@@ -59,7 +59,7 @@ def _no_constants(name):
 
 def test_every_framework_trains_and_the_run_writes_strict_json(tmp_path, monkeypatch, capsys):
     """``--model`` on a tiny ResNet, float32 only: every installed peer's step runs."""
-    tiny = bench.Network(functools.partial(bench.resnet, widths=(4, 8)), "a tiny ResNet")
+    tiny = bench.Network(functools.partial(bench.resnet, widths=(4,)), "a tiny ResNet")
     monkeypatch.setitem(bench.NETWORKS, "tiny", tiny)
     monkeypatch.setattr(bench, "NETWORKS_QUICK", ["tiny"])
     monkeypatch.setattr(bench, "DTYPES", {"float32": jnp.float32})
