@@ -53,6 +53,7 @@ def test_gradients_second_order_forward_and_reverse():
         x = complex_array((5, 3), seed=4, dtype=np.complex128)
         params, state = random_params(3, dtype=np.float64)
 
+        @jax.jit  # compiled once per derivative, not run op by op
         def f(x, scale, bias):
             return jnp.sin(bnjax.batch_norm(x, bnjax.BatchNormParams(scale, bias), state, True)[0])
 

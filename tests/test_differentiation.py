@@ -73,6 +73,7 @@ def test_check_grads_second_order_forward_and_reverse(case):
         params, state = random_params(3, dtype=np.float64)
         state = state._replace(count=jnp.asarray(3, jnp.int32))
 
+        @jax.jit  # compiled once per derivative, not run op by op
         def f(x, scale, bias):
             y, _ = bnjax.batch_norm(x, bnjax.BatchNormParams(scale, bias), state, **case)
             return jnp.sin(y)
@@ -102,11 +103,12 @@ def test_jvp_jacfwd_hessian_agree_with_reverse_mode():
     x = jnp.asarray(random_array((4, 2), seed=26))
     params, state = random_params(2)
 
+    @jax.jit
     def loss(x):
         y, _ = bnjax.batch_norm(x, params, state, True)
         return jnp.sum(jnp.sin(y) * jnp.arange(8.0, dtype=jnp.float32).reshape(4, 2))
 
-    f = lambda x: bnjax.batch_norm(x, params, state, True)[0]  # noqa: E731
+    f = jax.jit(lambda x: bnjax.batch_norm(x, params, state, True)[0])
     tangent = jnp.asarray(random_array((4, 2), seed=27))
     _, jvp_out = jax.jvp(f, (x,), (tangent,))
     jac_rev = jax.jacrev(f)(x)

@@ -113,8 +113,8 @@ def test_axis_name_outside_any_mapped_axis_says_what_to_wrap_it_in():
         ValueError, match=r"axis_name='batch': no enclosing mapped axis .*jax\.pmap"
     ):
         bnjax.batch_norm(jnp.ones((2, 2)), params, state, True, axis_name="batch")
-    y, _ = jax.vmap(lambda x: bnjax.batch_norm(x, params, state, True, axis_name="batch"),
-                    axis_name="batch")(jnp.ones((3, 2, 2)))  # fmt: skip
+    y, _ = jax.jit(jax.vmap(lambda x: bnjax.batch_norm(x, params, state, True, axis_name="batch"),
+                            axis_name="batch"))(jnp.ones((3, 2, 2)))  # fmt: skip
     assert y.shape == (3, 2, 2)
 
 

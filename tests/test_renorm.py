@@ -82,6 +82,7 @@ def test_check_grads_forward_and_reverse_second_order():
         # (the paper's rule). Where both are clipped they are constant, and the two agree.
         state = state._replace(mean=jnp.full(3, 50.0), var=jnp.full(3, 100.0))
 
+        @jax.jit  # compiled once per derivative, not run op by op
         def f(x, scale, bias):
             y, _ = bnjax.batch_renorm(x, bnjax.BatchNormParams(scale, bias), state, True,
                                       r_max=1.2, d_max=0.3)  # fmt: skip
