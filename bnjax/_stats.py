@@ -170,13 +170,13 @@ def _shift(
     sample = _take(x, first).astype(dtype)
     sample_mask = None if mask is None else _take(mask, first)
     count = element_count(sample.shape, sample_mask, reduce_axes, dtype)
-    total = masked_sum(sample, sample_mask, reduce_axes)
-    shift = jnp.where(count > 0, total / safe_count(count), jnp.zeros((), dtype))
+    # A feature without a valid element there sums to 0 over a count of 0: its shift is 0.
+    shift = masked_sum(sample, sample_mask, reduce_axes) / safe_count(count)
     return lax.stop_gradient(shift)
 
 
 def _centred_sums(x, mask, reduce_axes, shift, count):
-    """(offset, M2) from Σ(x−K) and Σ(x−K)², and the cancellation factor q's excess.
+    """(μ − K, M2) from Σ(x−K) and Σ(x−K)², and whether their error bound is broken.
 
     Returns ``(offset, m2, uncertain)``, ``uncertain`` a scalar bool that is
     True when some feature's q = Σ(x−K)²/M2 exceeds ``MAX_CANCELLATION``.
@@ -219,15 +219,15 @@ def local_moments(
     return LocalMoments(count, shift, offset, m2)
 
 
-def combine_moments(gathered: LocalMoments) -> Tuple[LocalMoments, jax.Array]:
+def combine_moments(gathered: LocalMoments) -> LocalMoments:
     """Chan's parallel combination over the leading axis of stacked local moments.
 
     The means are combined relative to one reference shift (the shift of the
     member with the most elements), so nothing is rounded at large offsets.
 
     Returns:
-      ``(total, reference)``: the combined moments, whose ``shift`` is the
-      reference and ``offset`` the global mean minus it, and the reference.
+      The combined moments, whose ``shift`` is the reference and ``offset``
+      the global mean minus it.
     """
     count = jnp.sum(gathered.count, axis=0)
     leader = jnp.argmax(gathered.count, axis=0)[None]
@@ -237,7 +237,7 @@ def combine_moments(gathered: LocalMoments) -> Tuple[LocalMoments, jax.Array]:
     offset = jnp.sum(weights * relative, axis=0)
     spread = gathered.count * jnp.square(relative - offset)
     m2 = jnp.sum(gathered.m2 + spread, axis=0)
-    return LocalMoments(count, reference, offset, m2), reference
+    return LocalMoments(count, reference, offset, m2)
 
 
 def gather_by_sum(values: jax.Array, axis_name, axis_index_groups=None) -> jax.Array:
@@ -308,12 +308,12 @@ def batch_moments(
         var = local.m2 / safe_count(local.count)
         return Moments(local.count, local.shift + local.offset, var, local.shift, local.offset)
     gathered = gather_by_sum(jnp.stack(local), axis_name, axis_index_groups)
-    total, reference = combine_moments(LocalMoments(*jnp.moveaxis(gathered, 1, 0)))
+    total = combine_moments(LocalMoments(*jnp.moveaxis(gathered, 1, 0)))
     var = total.m2 / safe_count(total.count)
     # The same rounded mean on every device; each device normalizes relative to its
     # own shift, μ − K = (μ − reference) + (reference − K).
-    offset = total.offset + (reference - local.shift)
-    return Moments(total.count, reference + total.offset, var, local.shift, offset)
+    offset = total.offset + (total.shift - local.shift)
+    return Moments(total.count, total.shift + total.offset, var, local.shift, offset)
 
 
 def _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups) -> Moments:

@@ -191,7 +191,7 @@ def check_containers(params, state) -> None:
         )
 
 
-def check_params_and_state(params, state, layout: Layout, x=None, train: bool = False) -> None:
+def check_params_and_state(params, state, layout: Layout, x: jax.Array, train: bool) -> None:
     """Checks that params and state are bnjax containers matching ``x``'s features.
 
     In training the running statistics must be float32 or wider: a narrower
@@ -205,7 +205,7 @@ def check_params_and_state(params, state, layout: Layout, x=None, train: bool = 
             raise TypeError(f"{name} must be an array (running statistics), got None")
     check_vector(state.mean, "state.mean", layout, complex_ok=True)
     check_vector(state.var, "state.var", layout)
-    if x is not None and jnp.iscomplexobj(state.mean) and not jnp.iscomplexobj(x):
+    if jnp.iscomplexobj(state.mean) and not jnp.iscomplexobj(x):
         raise TypeError(
             f"state.mean is complex ({state.mean.dtype}) but x is real ({x.dtype}): "
             "complex running statistics belong to complex input"
