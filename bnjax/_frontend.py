@@ -159,18 +159,16 @@ def call_core(
     dtype,
     options: Options,
     mask: Optional[jax.Array] = None,
-    promote_with_statistics: bool = False,
 ) -> Tuple[jax.Array, BatchNormState]:
-    """Casts x to the computation dtype and runs ``batch_norm`` on module variables.
+    """Casts x to the computation dtype and runs the core's ``normalize`` on module variables.
 
     ``count`` may be None (modes that do not store it); the returned state's
-    count is then meaningless.
-    The output dtype follows Flax: ``dtype``, else x promoted with scale and
-    bias (linen) or also with the statistics (NNX, ``promote_with_statistics``).
+    count is then meaningless. The output dtype follows Flax: ``dtype``, else x
+    promoted with scale and bias (NNX passes the dtype its ``promote_dtype``
+    chose).
     """
     x = jnp.asarray(x)
-    promoted_with = (scale, bias, mean, var) if promote_with_statistics else (scale, bias)
-    out_dtype = output_dtype(x, dtype, *promoted_with)
+    out_dtype = output_dtype(x, dtype, scale, bias)
     # The statistics come from x itself (or x widened to the output dtype), as in Flax;
     # a narrower output dtype only rounds the result.
     x_is_inexact = jnp.issubdtype(x.dtype, jnp.inexact)
