@@ -17,17 +17,17 @@ are loaded on first use.
 import importlib as _importlib
 import typing as _typing
 
-from ._core import batch_norm as batch_norm
-from ._core import batch_renorm as batch_renorm
-from ._core import init as init
-from ._fold import fold_into_linear as fold_into_linear
-from ._types import BatchNormParams as BatchNormParams
-from ._types import BatchNormState as BatchNormState
+from ._core.containers import BatchNormParams as BatchNormParams
+from ._core.containers import BatchNormState as BatchNormState
+from ._core.functional import batch_norm as batch_norm
+from ._core.functional import batch_renorm as batch_renorm
+from ._core.functional import init as init
+from ._tools.fold import fold_into_linear as fold_into_linear
 
 if _typing.TYPE_CHECKING:  # what the lazy names below are, for type checkers and editors
     from . import linen as linen
     from . import nnx as nnx
-    from ._population import recompute_population_stats as recompute_population_stats
+    from ._tools.population import recompute_population_stats as recompute_population_stats
     from .linen import BatchNorm as BatchNorm
 
 __version__ = "0.1.0"
@@ -50,7 +50,7 @@ _LAZY = {
     "BatchNorm": (".linen", "BatchNorm"),
     "linen": (".linen", None),
     "nnx": (".nnx", None),
-    "recompute_population_stats": ("._population", "recompute_population_stats"),
+    "recompute_population_stats": ("._tools.population", "recompute_population_stats"),
 }
 
 

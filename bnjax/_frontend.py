@@ -10,10 +10,10 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from . import _validate
-from ._core import normalize
-from ._options import Options
-from ._types import BatchNormParams, BatchNormState
+from ._core import validate
+from ._core.containers import BatchNormParams, BatchNormState
+from ._core.functional import normalize
+from ._core.options import Options
 
 
 def core_options(module, *, initializing: bool = False, population: bool = False) -> Options:
@@ -77,8 +77,8 @@ def resolve_use_running_average(
 
 def feature_shape_of(x: jax.Array, axis) -> Tuple[int, ...]:
     """The shape of the feature axes of ``x`` (raises for a bad ``axis``)."""
-    x = _validate.as_array(x, "x")
-    return tuple(x.shape[a] for a in _validate.canonical_axes(axis, x.ndim, x.shape))
+    x = validate.as_array(x, "x")
+    return tuple(x.shape[a] for a in validate.canonical_axes(axis, x.ndim, x.shape))
 
 
 def check_feature_shape(expected: Tuple[int, ...], x: jax.Array, axis) -> None:

@@ -14,8 +14,8 @@ from ._frontend import (
     feature_shape_of,
     resolve_use_running_average,
 )
-from ._population import COLLECTION, population_requested
-from ._population import recompute_population_stats as recompute_population_stats
+from ._tools.population import COLLECTION, population_requested
+from ._tools.population import recompute_population_stats as recompute_population_stats
 
 
 class BatchNorm(nn.Module):

@@ -9,6 +9,7 @@ from flax import nnx
 from flax.nnx import initializers
 from flax.nnx.nn import dtypes as flax_dtypes
 
+from ._core.validate import feature_shape_from
 from ._frontend import (
     call_core,
     check_feature_shape,
@@ -17,8 +18,7 @@ from ._frontend import (
     promote_like_flax_nnx,
     resolve_use_running_average,
 )
-from ._population import check_contributions, iterate_batches
-from ._validate import feature_shape_from
+from ._tools.population import check_contributions, iterate_batches
 
 
 class BatchNorm(nnx.Module):

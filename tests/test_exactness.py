@@ -12,7 +12,7 @@ from conftest import jit_batch_norm
 from oracle import batch_stats, reference
 
 import bnjax
-from bnjax._stats import MAX_CANCELLATION, local_moments
+from bnjax._core.stats import MAX_CANCELLATION, local_moments
 
 
 def _errors(x, axis=-1, mask=None, **kwargs):

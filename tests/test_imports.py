@@ -21,7 +21,7 @@ NOT_FOR_THE_CORE = (
     "tqdm",
     "bnjax.linen",
     "bnjax.nnx",
-    "bnjax._population",
+    "bnjax._tools.population",
     "bnjax.demo",
     "bnjax.bench",
 )
@@ -69,7 +69,7 @@ def test_lazy_names_are_public_listed_and_the_same_objects():
     assert all(getattr(bnjax, name) is not None for name in bnjax.__all__)
     assert bnjax.BatchNorm is bnjax.linen.BatchNorm
     assert bnjax.nnx is importlib.import_module("bnjax.nnx")
-    assert bnjax.recompute_population_stats.__module__ == "bnjax._population"
+    assert bnjax.recompute_population_stats.__module__ == "bnjax._tools.population"
     from bnjax import BatchNorm, nnx  # from-imports go through the same lookup
 
     assert BatchNorm is bnjax.BatchNorm and nnx is bnjax.nnx

@@ -100,7 +100,7 @@ def test_unbiased_variance_of_one_element_leaves_state_unchanged():
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_moments_are_exact_at_large_offsets(with_mask):
     """The mean within an ulp or so, the variance to float32 rounding, at |mean|/std = 1e4."""
-    from bnjax._stats import local_moments
+    from bnjax._core.stats import local_moments
 
     offsets = np.array([1e4, -1e4, 3.0])
     x = (offsets + random_array((6, 50, 3), seed=15, dtype=np.float64)).astype(np.float32)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from .. import _core
+from .. import batch_norm, init
 from ._loading import PeerSkipped, import_peer
 
 
@@ -33,10 +33,10 @@ class Peer:
 
 def bnjax_peer(x: jax.Array) -> Peer:
     """``bnjax.batch_norm`` over x's last axis, with ``bnjax.init``'s parameters."""
-    params, state = _core.init(x.shape[-1])
+    params, state = init(x.shape[-1])
 
     def forward(x, params, train):
-        return _core.batch_norm(x, params, state, train=train)[0]
+        return batch_norm(x, params, state, train=train)[0]
 
     return Peer(forward, params)
 

@@ -5,15 +5,15 @@ from typing import Optional, Sequence, Tuple, Union
 import jax
 import jax.numpy as jnp
 
-from . import _checks, _validate
-from ._ghost import check_virtual_batch_size, normalize_virtual_batches
-from ._options import Options
-from ._renorm import renorm_scale_and_bias
-from ._running import update_running_stats
-from ._stats import accumulation_dtype, shift_dtype
-from ._transform import normalize_eval, normalize_train
-from ._types import BatchNormParams, BatchNormState
-from ._validate import feature_shape_from
+from .._tools.ghost import check_virtual_batch_size, normalize_virtual_batches
+from .._tools.renorm import renorm_scale_and_bias
+from . import validate, value_checks
+from .containers import BatchNormParams, BatchNormState
+from .options import Options
+from .running import update_running_stats
+from .stats import accumulation_dtype, shift_dtype
+from .transform import normalize_eval, normalize_train
+from .validate import feature_shape_from
 
 
 def init(
@@ -255,13 +255,13 @@ def normalize(
     Returns:
       ``(y, new_state)`` as ``batch_norm``.
     """
-    train = _validate.check_train(train)
+    train = validate.check_train(train)
     options = options.check()
-    x = _validate.check_input(x)
-    layout = _validate.layout_of(x, options.axis, train)
-    _validate.check_params_and_state(params, state, layout, x, train)
-    mask = _validate.check_mask(mask, x)
-    _validate.check_axis_name(options.axis_name)
+    x = validate.check_input(x)
+    layout = validate.layout_of(x, options.axis, train)
+    validate.check_params_and_state(params, state, layout, x, train)
+    mask = validate.check_mask(mask, x)
+    validate.check_axis_name(options.axis_name)
     if options.renorm_limits is not None and jnp.iscomplexobj(x):
         raise TypeError(f"batch_renorm needs real x, got dtype {x.dtype}")
     if train:
@@ -273,8 +273,8 @@ def normalize(
     running_mean = _per_feature(state.mean, 0.0, layout, shift_dtype(x.dtype))
     running_var = _per_feature(state.var, 1.0, layout, acc)
     if options.check_values:
-        _checks.check_input_values(x, layout.reduce_axes)
-        _checks.check_running_stats(state.mean, state.var)
+        value_checks.check_input_values(x, layout.reduce_axes)
+        value_checks.check_running_stats(state.mean, state.var)
     if not train:
         return normalize_eval(x, scale, bias, running_mean, running_var, options.epsilon), state
 
@@ -295,7 +295,7 @@ def normalize(
         )
         unbiased = False
     if options.check_values:
-        _checks.check_batch_stats(moments.mean, moments.var)
+        value_checks.check_batch_stats(moments.mean, moments.var)
     new_state = update_running_stats(
         state, moments, layout.feature_shape, options.momentum, unbiased
     )

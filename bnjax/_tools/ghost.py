@@ -11,9 +11,9 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from ._stats import Moments, unbiased_variance
-from ._transform import normalize_train
-from ._validate import Layout
+from .._core.stats import Moments, unbiased_variance
+from .._core.transform import normalize_train
+from .._core.validate import Layout
 
 
 def _split_axis(shape: Tuple[int, ...], axis: int, groups: int) -> Tuple[int, ...]:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._stats import batch_moments
+from .._core.stats import batch_moments
 
 
 def renorm_scale_and_bias(

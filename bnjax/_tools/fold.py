@@ -5,11 +5,11 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from ._options import check_epsilon
-from ._stats import accumulation_dtype
-from ._transform import scale_over_std
-from ._types import BatchNormParams, BatchNormState
-from ._validate import check_containers, check_floating
+from .._core.containers import BatchNormParams, BatchNormState
+from .._core.options import check_epsilon
+from .._core.stats import accumulation_dtype
+from .._core.transform import scale_over_std
+from .._core.validate import check_containers, check_floating
 
 
 def fold_into_linear(

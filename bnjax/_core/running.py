@@ -5,8 +5,8 @@ from typing import Optional
 import jax.numpy as jnp
 from jax import lax
 
-from ._stats import Moments, accumulation_dtype, unbiased_variance
-from ._types import BatchNormState
+from .containers import BatchNormState
+from .stats import Moments, accumulation_dtype, unbiased_variance
 
 
 def update_running_stats(

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._types import BatchNormParams, BatchNormState
+from .containers import BatchNormParams, BatchNormState
 
 Axis = Union[int, Sequence[int]]
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._stats import Moments, batch_moments, global_sum, masked_sum, safe_count
+from .stats import Moments, batch_moments, global_sum, masked_sum, safe_count
 
 
 @jax.checkpoint

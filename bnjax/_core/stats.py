@@ -295,7 +295,7 @@ def batch_moments(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from bnjax._stats import batch_moments
+      >>> from bnjax._core.stats import batch_moments
       >>> x = jnp.array([[1e6 + 1.0], [1e6 - 1.0], [1e6 + 3.0], [1e6 - 3.0]])
       >>> moments = batch_moments(x, None, (0,))
       >>> float(moments.var[0, 0]), float(moments.offset[0, 0] + moments.shift[0, 0] - 1e6)

@@ -1,0 +1,92 @@
+"""The package's four kinds of module and which may import which (read from the source)."""
+
+import ast
+import pathlib
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "bnjax"
+FRONT_ENDS = {"bnjax._frontend", "bnjax.linen", "bnjax.nnx"}
+APPLICATIONS = ("bnjax.demo", "bnjax.bench")
+# The core's path runs the ghost-batch and renorm steps; nothing else of the tools.
+STEPS_OF_THE_CORE = {"bnjax._tools.ghost", "bnjax._tools.renorm"}
+
+
+def module_name(path):
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path):
+    """The absolute names of every module ``path`` imports (``from . import x`` gives ``pkg.x``)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package
+            for _ in range(node.level - 1):
+                base = base.rpartition(".")[0]
+            if node.level and not node.module:  # from . import x: x is a module
+                found.update(f"{base}.{alias.name}" for alias in node.names)
+            elif node.level:
+                found.add(f"{base}.{node.module}")
+            else:  # from jax import lax: jax and jax.lax
+                found.add(node.module)
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def modules(kind):
+    return {module_name(p): imports_of(p) for p in sorted(PACKAGE.glob(f"{kind}/*.py"))}
+
+
+def bnjax_imports(imported):
+    return {m for m in imported if m.startswith("bnjax.")}
+
+
+def test_the_four_kinds_are_folders_or_named_modules():
+    top = {p.name for p in PACKAGE.iterdir() if not p.name.startswith(("__pycache__", "."))}
+    assert top == {
+        "__init__.py", "py.typed",  # the public names
+        "_core", "_tools",  # the library
+        "_frontend.py", "linen.py", "nnx.py",  # the Flax front ends
+        "demo", "bench",  # the applications
+    }  # fmt: skip
+
+
+def test_the_core_needs_jax_only_and_no_tool_but_its_two_steps():
+    core = modules("_core")
+    assert len(core) >= 8
+    for name, imported in core.items():
+        assert not {m for m in imported if m.split(".")[0] in ("flax", "optax")}, name
+        outside = {m for m in bnjax_imports(imported) if not m.startswith("bnjax._core.")}
+        allowed = STEPS_OF_THE_CORE if name == "bnjax._core.functional" else set()
+        assert outside <= allowed, (name, outside)
+
+
+def test_the_tools_build_on_the_core_only():
+    for name, imported in modules("_tools").items():
+        for m in bnjax_imports(imported):
+            assert m.startswith("bnjax._core."), (name, m)
+
+
+def test_the_front_ends_do_no_math_and_the_library_never_imports_its_applications():
+    library = {**modules("_core"), **modules("_tools")}
+    library.update({module_name(PACKAGE / f): imports_of(PACKAGE / f) for f in (
+        "__init__.py", "_frontend.py", "linen.py", "nnx.py")})  # fmt: skip
+    for name, imported in library.items():
+        assert not any(m.startswith(APPLICATIONS) for m in imported), name
+    for name in FRONT_ENDS:
+        for m in bnjax_imports(library[name]):
+            # the core's entry point, options, containers and checks; never stats or transform
+            assert not m.startswith(("bnjax._core.stats", "bnjax._core.transform")), (name, m)
+        assert "jax.lax" not in library[name], name
+
+
+def test_the_applications_use_public_names_only():
+    for kind in APPLICATIONS:
+        for path in (PACKAGE / kind.split(".")[1]).glob("*.py"):
+            for m in bnjax_imports(imports_of(path)):
+                private = [p for p in m.split(".")[1:] if p.startswith("_")]
+                assert m.startswith(kind) or not private, (path.name, m)
