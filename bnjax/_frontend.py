@@ -75,21 +75,13 @@ def resolve_use_running_average(
     return bool(attribute if argument is None else argument)
 
 
-def feature_shape_of(x: jax.Array, axis) -> Tuple[int, ...]:
-    """The shape of the feature axes of ``x`` (raises for a bad ``axis``)."""
-    x = validate.as_array(x, "x")
-    return tuple(x.shape[a] for a in validate.canonical_axes(axis, x.ndim, x.shape))
+def layout_of(x, axis, train: bool) -> validate.Layout:
+    """The feature and reduced axes of x, worked out once per call and handed to the core.
 
-
-def check_feature_shape(expected: Tuple[int, ...], x: jax.Array, axis) -> None:
-    """Raises if ``x`` has other features than the module was created for."""
-    actual = feature_shape_of(x, axis)
-    if tuple(expected) != actual:
-        raise ValueError(
-            f"BatchNorm was created for feature shape {tuple(expected)} but x with shape "
-            f"{tuple(jnp.shape(x))} has feature shape {actual} at axis={axis!r}; use one "
-            "BatchNorm per layer width (or check the axis argument)"
-        )
+    The modules create their variables with ``layout.feature_shape``; whether
+    existing variables match it is checked once, by the core.
+    """
+    return validate.layout_of(validate.as_array(x, "x"), axis, train)
 
 
 def _widest(dtypes) -> jnp.dtype:
@@ -159,13 +151,15 @@ def call_core(
     dtype,
     options: Options,
     mask: Optional[jax.Array] = None,
+    layout: Optional[validate.Layout] = None,
 ) -> Tuple[jax.Array, BatchNormState]:
     """Casts x to the computation dtype and runs the core's ``normalize`` on module variables.
 
     ``count`` may be None (modes that do not store it); the returned state's
     count is then meaningless. The output dtype follows Flax: ``dtype``, else x
     promoted with scale and bias (NNX passes the dtype its ``promote_dtype``
-    chose).
+    chose). ``layout`` is ``layout_of(x, options.axis, train)`` where the
+    module already worked it out.
     """
     x = jnp.asarray(x)
     out_dtype = output_dtype(x, dtype, scale, bias)
@@ -174,5 +168,6 @@ def call_core(
     x_is_inexact = jnp.issubdtype(x.dtype, jnp.inexact)
     x = x.astype(_widest([out_dtype, x.dtype]) if x_is_inexact else out_dtype)
     state = BatchNormState(mean, var, jnp.zeros((), jnp.int32) if count is None else count)
-    y, new_state = normalize(x, BatchNormParams(scale, bias), state, train, options, mask)
+    params = BatchNormParams(scale, bias)
+    y, new_state = normalize(x, params, state, train, options, mask, layout)
     return y.astype(out_dtype), new_state

@@ -1,6 +1,6 @@
 """``bnjax.linen``: the flax.linen ``BatchNorm`` (drop-in) and ``recompute_population_stats``."""
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -9,9 +9,8 @@ from flax.linen import initializers
 
 from ._frontend import (
     call_core,
-    check_feature_shape,
     core_options,
-    feature_shape_of,
+    layout_of,
     resolve_use_running_average,
 )
 from ._tools.population import COLLECTION, population_requested
@@ -114,21 +113,24 @@ class BatchNorm(nn.Module):
         train = not resolve_use_running_average(
             self.use_running_average, use_running_average, call_overrides=False
         )
-        feature_shape = feature_shape_of(x, self.axis)
+        layout = layout_of(x, self.axis, train)  # once: for the variables and for the core
+        feature_shape = layout.feature_shape
         initializing = self.is_initializing()
         updating = train and not initializing
         # Population statistics (precise BN): the tool names its collection in `mutable`.
         population = updating and population_requested(self)
-        mean, var, count = self._statistics(x, feature_shape, updating)
+        mean, var, count = self._statistics(feature_shape, updating)
         if population:  # fresh statistics that keep the exact average (precise BN)
-            mean, var, count = self._statistics(x, feature_shape, False, COLLECTION)
+            mean, var, count = self._statistics(mean.value.shape, False, COLLECTION)
             calls = self.variable(COLLECTION, "calls", jnp.zeros, (), jnp.int32)
             calls.value = calls.value + 1
         scale = bias = None
         if self.use_scale:
-            scale = self.param("scale", self.scale_init, feature_shape, self.param_dtype)
+            shape = self._existing_shape("scale", feature_shape)
+            scale = self.param("scale", self.scale_init, shape, self.param_dtype)
         if self.use_bias:
-            bias = self.param("bias", self.bias_init, feature_shape, self.param_dtype)
+            shape = self._existing_shape("bias", feature_shape)
+            bias = self.param("bias", self.bias_init, shape, self.param_dtype)
 
         y, new_state = call_core(
             x,
@@ -141,6 +143,7 @@ class BatchNorm(nn.Module):
             self.dtype,
             core_options(self, initializing=initializing, population=population),
             mask,
+            layout,
         )
         if updating:
             mean.value, var.value = new_state.mean, new_state.var
@@ -148,8 +151,20 @@ class BatchNorm(nn.Module):
                 count.value = new_state.count
         return y
 
+    @nn.nowrap
+    def _existing_shape(self, name: str, from_x: Tuple[int, ...]) -> Tuple[int, ...]:
+        """The shape of the parameter ``name`` where it exists, else the one x asks for.
+
+        The layer's variables keep the shape they were created with; the core
+        checks them against x once (one message for every front end), before
+        Flax's own parameter shape check would.
+        """
+        if self.has_variable("params", name):
+            return tuple(jnp.shape(self.get_variable("params", name)))
+        return from_x
+
     @nn.nowrap  # runs inside __call__'s compact scope (Module.tabulate, shared modules)
-    def _statistics(self, x, feature_shape, updating: bool, collection: str = "batch_stats"):
+    def _statistics(self, feature_shape, updating: bool, collection: str = "batch_stats"):
         """The (mean, var, count) variables of ``collection``; count only where needed.
 
         ``batch_stats`` always exists (Flax's variable tree); it must be mutable
@@ -158,9 +173,9 @@ class BatchNorm(nn.Module):
         """
         initializing = self.is_initializing()
         if collection == "batch_stats":
-            if self.has_variable(collection, "mean"):
-                check_feature_shape(self.get_variable(collection, "mean").shape, x, self.axis)
-            elif not initializing and not self.is_mutable_collection(collection):
+            if not self.has_variable(collection, "mean") and not (
+                initializing or self.is_mutable_collection(collection)
+            ):
                 raise ValueError(
                     "bnjax.BatchNorm found no 'batch_stats' in the variables: pass all the "
                     "variables that init returned (params and batch_stats), e.g. "

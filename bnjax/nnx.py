@@ -12,8 +12,8 @@ from flax.nnx.nn import dtypes as flax_dtypes
 from ._core.validate import feature_shape_from
 from ._frontend import (
     call_core,
-    check_feature_shape,
     core_options,
+    layout_of,
     output_dtype,
     promote_like_flax_nnx,
     resolve_use_running_average,
@@ -156,7 +156,7 @@ class BatchNorm(nnx.Module):
         train = not resolve_use_running_average(
             self.use_running_average, use_running_average, call_overrides=True
         )
-        check_feature_shape(self.mean.shape, x, self.axis)
+        layout = layout_of(x, self.axis, train)  # once, for the core
         # recompute_population_stats marks its copy of the model with this counter.
         population = train and vars(self).get("population_calls") is not None
         if train and self.momentum is None and self.count is None and not population:
@@ -184,6 +184,7 @@ class BatchNorm(nnx.Module):
             output_dtype(x, self.dtype, scale, bias),
             core_options(self, population=population),
             mask,
+            layout,
         )
         if train:
             if new_state.mean.dtype == self.mean.dtype:

@@ -205,8 +205,8 @@ def test_feature_size_different_from_creation():
     )
     with pytest.raises(
         ValueError,
-        match=r"BatchNorm was created for feature shape \(3,\) but x "
-        r"with shape \(4, 5\) has feature shape \(5,\)",
+        match=r"params\.scale must have the feature shape of x, \(5,\) \(x\.shape at axes "
+        r"\(1,\)\), got \(3,\); was the layer initialized for another number of features",
     ):
         bnjax.BatchNorm(use_running_average=True).apply(variables, random_array((4, 5)))
 

@@ -49,8 +49,8 @@ def test_mask_and_feature_mismatch():
     bn = bnjax.nnx.BatchNorm(3, rngs=nnx.Rngs(0))
     with pytest.raises(
         ValueError,
-        match=r"created for feature shape \(3,\) but x with shape "
-        r"\(4, 5\) has feature shape \(5,\)",
+        match=r"params\.scale must have the feature shape of x, \(5,\) \(x\.shape at axes "
+        r"\(1,\)\), got \(3,\); was the layer initialized for another number of features",
     ):
         bn(random_array((4, 5)))
     x = random_array((4, 6, 3))

@@ -11,7 +11,7 @@ from . import validate, value_checks
 from .containers import BatchNormParams, BatchNormState
 from .options import Options
 from .running import update_running_stats
-from .stats import accumulation_dtype, shift_dtype
+from .stats import accumulation_dtype, population_estimate, shift_dtype
 from .transform import normalize_eval, normalize_train
 from .validate import feature_shape_from
 
@@ -237,6 +237,7 @@ def normalize(
     train: bool,
     options: Options,
     mask: Optional[jax.Array] = None,
+    layout: Optional[validate.Layout] = None,
 ) -> Tuple[jax.Array, BatchNormState]:
     """What ``batch_norm``, ``batch_renorm`` and the Flax modules run: one path, top to bottom.
 
@@ -251,6 +252,9 @@ def normalize(
       train: static Python bool.
       options: the ``Options`` (see ``batch_norm`` for their meaning).
       mask: optional boolean mask broadcastable to ``x``.
+      layout: ``validate.layout_of(x, options.axis, train)`` when the caller
+        (a Flax module, which shapes its variables with it) already has it;
+        worked out here otherwise.
 
     Returns:
       ``(y, new_state)`` as ``batch_norm``.
@@ -258,7 +262,8 @@ def normalize(
     train = validate.check_train(train)
     options = options.check()
     x = validate.check_input(x)
-    layout = validate.layout_of(x, options.axis, train)
+    if layout is None:
+        layout = validate.layout_of(x, options.axis, train)
     validate.check_params_and_state(params, state, layout, x, train)
     mask = validate.check_mask(mask, x)
     validate.check_axis_name(options.axis_name)
@@ -278,7 +283,6 @@ def normalize(
     if not train:
         return normalize_eval(x, scale, bias, running_mean, running_var, options.epsilon), state
 
-    unbiased = options.unbiased
     if options.renorm_limits is not None:  # Batch Renormalization: corrected scale and bias
         scale, bias = renorm_scale_and_bias(
             x, scale, bias, running_mean, running_var, mask, layout.reduce_axes,
@@ -289,14 +293,15 @@ def normalize(
             x, scale, bias, mask, layout.reduce_axes, options.epsilon, options.axis_name,
             options.axis_index_groups,
         )  # fmt: skip
-    else:  # ghost batches: their variances come back already corrected when unbiased
-        y, moments = normalize_virtual_batches(
-            x, scale, bias, mask, layout, options.virtual_batch_size, options.epsilon, unbiased
-        )
-        unbiased = False
-    if options.check_values:
-        value_checks.check_batch_stats(moments.mean, moments.var)
-    new_state = update_running_stats(
-        state, moments, layout.feature_shape, options.momentum, unbiased
-    )
+        if options.check_values:
+            value_checks.check_batch_stats(moments.mean, moments.var)
+        estimate = population_estimate(moments, options.unbiased)
+    else:  # ghost batches: the average of the groups' estimates (each group corrected alone)
+        y, estimate = normalize_virtual_batches(
+            x, scale, bias, mask, layout, options.virtual_batch_size, options.epsilon,
+            options.unbiased,
+        )  # fmt: skip
+        if options.check_values:
+            value_checks.check_batch_stats(estimate.mean, estimate.var)
+    new_state = update_running_stats(state, estimate, layout.feature_shape, options.momentum)
     return y, new_state

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .containers import BatchNormState
-from .stats import Moments, accumulation_dtype, unbiased_variance
+from .stats import Moments, accumulation_dtype
 
 
 def update_running_stats(
@@ -14,15 +14,14 @@ def update_running_stats(
     batch: Moments,
     feature_shape,
     momentum: Optional[float],
-    unbiased: bool,
 ) -> BatchNormState:
     """Folds one batch's statistics into the running statistics, feature by feature.
 
     ``momentum`` follows Flax: ``new = momentum·old + (1 − momentum)·batch``.
     ``momentum=None`` keeps the exact cumulative average over all batches
-    (``new = (count·old + batch)/(count + 1)``). With ``unbiased=True`` the
-    batch variance enters as m/(m−1)·σ²_B, m the number of elements that
-    entered the statistics.
+    (``new = (count·old + batch)/(count + 1)``). The batch's variance enters
+    as it comes: ``stats.population_estimate`` (and the ghost-batch step)
+    apply Bessel's correction where ``unbiased`` asks for it.
 
     A feature whose batch statistics cannot be used (no valid element, a NaN
     or Inf in its values, an unbiased variance of a single element) keeps its
@@ -39,10 +38,10 @@ def update_running_stats(
 
     Args:
       state: the running statistics before this batch (float32 or wider).
-      batch: the batch ``Moments`` (keepdims shapes).
+      batch: the batch's estimate of the population ``Moments`` (keepdims
+        shapes); a NaN mean or variance leaves its feature unchanged.
       feature_shape: the shape of ``state.mean``.
       momentum: float in [0, 1] or None.
-      unbiased: whether to apply Bessel's correction to the batch variance.
 
     Returns:
       The new ``BatchNormState``, in the dtypes of ``state`` (the mean becomes
@@ -53,8 +52,6 @@ def update_running_stats(
     count = jnp.broadcast_to(batch.count, batch.var.shape).reshape(feature_shape)
     mean = lax.stop_gradient(batch.mean.reshape(feature_shape))
     var = lax.stop_gradient(batch.var.reshape(feature_shape))
-    if unbiased:
-        var = unbiased_variance(var, count)  # NaN for a single element: the feature is kept
     mean_dtype = state.mean.dtype
     if jnp.iscomplexobj(mean) and not jnp.iscomplexobj(state.mean):  # complex x: complex mean
         mean_dtype = (lax.complex(state.mean, state.mean)).dtype

@@ -109,6 +109,17 @@ def unbiased_variance(var: jax.Array, count: jax.Array) -> jax.Array:
     return jnp.where(usable, var * (count / jnp.where(usable, count - 1, 1)), jnp.nan)
 
 
+def population_estimate(moments: Moments, unbiased: bool) -> Moments:
+    """The batch's estimate of the population statistics, for the running update.
+
+    The mean, and the variance: biased σ²_B, or with ``unbiased`` m/(m−1)·σ²_B
+    (NaN where m <= 1, which the running update then skips).
+    """
+    if not unbiased:
+        return moments
+    return moments._replace(var=unbiased_variance(moments.var, moments.count))
+
+
 def safe_count(count: jax.Array) -> jax.Array:
     """The count with empty batches mapped to 1, so divisions stay finite."""
     return jnp.maximum(count, jnp.ones_like(count))
