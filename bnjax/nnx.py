@@ -1,7 +1,7 @@
 """``bnjax.nnx.BatchNorm``: batch normalization as a ``flax.nnx`` module."""
 
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -167,12 +167,12 @@ class BatchNorm(nnx.Module):
         mean, var = self.mean[...], self.var[...]
         scale = None if self.scale is None else self.scale[...]
         bias = None if self.bias is None else self.bias[...]
-        promote = self.promote_dtype
+        promote: Callable[..., Any] = self.promote_dtype  # Flax's or the user's
         if promote is flax_dtypes.promote_dtype:
             promote = promote_like_flax_nnx
         x, mean_p, var_p, scale, bias = promote((x, mean, var, scale, bias), dtype=self.dtype)
         if population:
-            self.population_calls[...] += 1
+            vars(self)["population_calls"][...] += 1
         y, new_state = call_core(
             x,
             scale,

@@ -84,7 +84,11 @@ def test_every_framework_trains_and_the_run_writes_strict_json(tmp_path, monkeyp
     assert (
         records["bnjax"]["time_ratio_vs_bnjax"] == 1.0 == records["bnjax"]["memory_ratio_vs_bnjax"]
     )
-    assert records["flax.linen"]["memory_ratio_vs_bnjax"] > 1.2  # Flax keeps float32 copies
+    # bnjax's step needs no more temporary memory than any peer's (within 1%) and is within
+    # MEMORY_FACTOR of the floor. How much more the peers need depends on XLA: on this tiny net
+    # flax.linen needs 1.34x with jax 0.10.2 and 1.00x with jax 0.10.0.
+    assert all(r["memory_ratio_vs_bnjax"] > 0.99 for r in records.values())
+    assert records["bnjax"]["memory_ratio_vs_floor"] < MEMORY_FACTOR
     for title in ("training step, median ms", "compiled temporary memory, MiB", "floor's"):
         assert title in out
     assert png.read_bytes().startswith(b"\x89PNG")

@@ -28,6 +28,7 @@ import zipfile
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 import bnjax
 
@@ -174,3 +175,26 @@ def test_fresh_install_runs_the_demo(fresh_python, tmp_path):
     results = json.loads((out / "results.json").read_text(), parse_constant=reject)
     assert results["bn"]["step"][-1] == 50 and results["bn"]["train_loss"][0] is None
     assert (out / "figure1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_minimum_versions_pin_the_declared_lower_bounds():
+    # CI's second run installs these pins (.github/workflows/ci.yml): the oldest releases
+    # that pyproject.toml claims to support must be the ones tested.
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lower = {}
+    for text in project["dependencies"]:
+        requirement = Requirement(text)
+        bounds = [s.version for s in requirement.specifier if s.operator == ">="]
+        if bounds:
+            lower[requirement.name] = Version(bounds[0])
+    pins = {}
+    for line in (ROOT / ".ci" / "minimum-versions.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            requirement = Requirement(line)
+            (spec,) = requirement.specifier
+            assert spec.operator == "==", line
+            pins[requirement.name] = Version(spec.version)
+    assert pins == lower
+    assert {"jax", "jaxlib", "flax", "chex"} <= set(pins)

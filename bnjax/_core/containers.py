@@ -34,4 +34,5 @@ class BatchNormState(NamedTuple):
 
     mean: jax.Array
     var: jax.Array
-    count: jax.Array
+    # a field named count shadows tuple.count (the name is public)
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]

@@ -76,7 +76,7 @@ def check_epsilon(epsilon) -> None:
             f"epsilon must be a non-negative Python float, got {epsilon!r} "
             f"of type {type(epsilon).__name__}"
         )
-    if not (np.isfinite(epsilon) and epsilon >= 0.0):
+    if not (np.isfinite(float(epsilon)) and float(epsilon) >= 0.0):
         raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon=}")
 
 
@@ -88,7 +88,7 @@ def _check_momentum(momentum) -> None:
             f"momentum must be a Python float in [0, 1] or None, got {momentum!r} "
             f"of type {type(momentum).__name__}"
         )
-    if not 0.0 <= momentum <= 1.0:
+    if not 0.0 <= float(momentum) <= 1.0:
         raise ValueError(f"momentum must be in [0, 1] (or None), got {momentum=}")
 
 

@@ -34,7 +34,7 @@ as exact as local ones. Complex input is reduced as its real and imaginary
 parts (mean complex, variance E|x − μ|² real).
 """
 
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +62,8 @@ class Moments(NamedTuple):
 
     """
 
-    count: jax.Array
+    # a field named count shadows tuple.count (the name is public)
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
     mean: jax.Array
     var: jax.Array
     shift: jax.Array
@@ -80,7 +81,8 @@ class LocalMoments(NamedTuple):
 
     """
 
-    count: jax.Array
+    # a field named count shadows tuple.count (the name is public)
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
     shift: jax.Array
     offset: jax.Array
     m2: jax.Array
@@ -157,7 +159,8 @@ def _take(x: jax.Array, index) -> jax.Array:
     if all(part is None for part in spec):
         return x[index]
     replicated = jax.sharding.PartitionSpec(*([None] * x.ndim))
-    return jax.sharding.auto_axes(lambda x: x[index], out_sharding=replicated)(x)
+    take = jax.sharding.auto_axes(lambda x: x[index], out_sharding=replicated)
+    return cast(jax.Array, take(x))  # auto_axes's annotation also allows a decorator
 
 
 def _shift(

@@ -11,6 +11,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import core as jax_core
 
 from .containers import BatchNormParams, BatchNormState
 
@@ -63,7 +64,7 @@ def check_train(train) -> bool:
     """Returns ``train`` as a bool, or raises if it is not a static Python bool."""
     if isinstance(train, (bool, np.bool_)):
         return bool(train)
-    if isinstance(train, jax.core.Tracer):
+    if isinstance(train, jax_core.Tracer):
         raise TypeError(
             "train must be a static Python bool, got a traced value "
             f"({train.aval}); pass it as a static argument, e.g. "

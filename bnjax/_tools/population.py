@@ -11,7 +11,7 @@ usable statistics (one element with the unbiased variance, no valid element,
 NaN/Inf) is an error naming the layer, never a silently skipped batch.
 """
 
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Dict, Iterable, Iterator, Mapping, Sized, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +63,7 @@ def iterate_batches(batches: Iterable, progress: bool, description: str) -> Iter
         return chained()
     from tqdm.auto import tqdm
 
-    total = len(batches) if hasattr(batches, "__len__") else None
+    total = len(batches) if isinstance(batches, Sized) else None
     return iter(tqdm(chained(), total=total, desc=description, unit="batch"))
 
 
@@ -90,7 +90,7 @@ def check_contributions(layers: Mapping[str, tuple]) -> None:
 
 def _fresh_statistics(shapes: Mapping) -> Any:
     """Zeros for means and counts, ones for variances, shaped like ``shapes``."""
-    flat = traverse_util.flatten_dict(shapes)
+    flat: Dict[Tuple[str, ...], Any] = traverse_util.flatten_dict(shapes)
     fresh = {
         path: (jnp.ones if path[-1] == "var" else jnp.zeros)(leaf.shape, leaf.dtype)
         for path, leaf in flat.items()
@@ -165,7 +165,7 @@ def recompute_population_stats(
     for batch in batches:
         population = step(population, batch)
 
-    flat = traverse_util.flatten_dict(population)
+    flat: Dict[Tuple[str, ...], Any] = traverse_util.flatten_dict(population)
     check_contributions(
         {
             "/".join(path[:-1]) or type(model).__name__: (calls, flat[(*path[:-1], "count")])
@@ -173,7 +173,9 @@ def recompute_population_stats(
             if path[-1] == "calls"
         }
     )
-    batch_stats = traverse_util.flatten_dict(dict(variables.get("batch_stats", {})))
+    batch_stats: Dict[Tuple[str, ...], Any] = traverse_util.flatten_dict(
+        dict(variables.get("batch_stats", {}))
+    )
     for path, value in flat.items():
         if path[-1] in ("mean", "var"):
             batch_stats[path] = value

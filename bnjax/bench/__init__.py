@@ -137,7 +137,7 @@ def plain_text(rst: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bnjax.bench",
-        description=plain_text(__doc__.split("Usage::")[0]),
+        description=plain_text((__doc__ or "").split("Usage::")[0]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="small shapes and few repetitions")

@@ -35,6 +35,8 @@ class _SplitVjp:
         return y, [leaf for leaf in leaves if leaf is not x]
 
     def _pull(self, residuals, x, cotangent):
+        if self._structure is None:
+            raise RuntimeError("pull runs on residuals from residuals(x, params); call that first")
         treedef, is_x = self._structure
         residuals = iter(residuals)
         leaves = [x if leaf_is_x else next(residuals) for leaf_is_x in is_x]

@@ -64,9 +64,9 @@ class Step:
 
     def __call__(self) -> jax.Array:
         """Runs one training step; returns the loss."""
-        *carry, self.loss = self.compiled(*self.carry, *self.inputs)
-        self.carry = tuple(carry)
-        return self.loss
+        *carry, loss = self.compiled(*self.carry, *self.inputs)
+        self.carry, self.loss = tuple(carry), loss
+        return loss
 
 
 def compile_step(model: Model, x: jax.Array, labels: jax.Array) -> Step:
@@ -98,7 +98,10 @@ def compile_step(model: Model, x: jax.Array, labels: jax.Array) -> Step:
     carry = (model.params, model.state, optimizer.init(model.params))
     inputs = (model.layout(x), labels)
     compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*carry, *inputs).compile()
-    return Step(compiled, compiled.memory_analysis().temp_size_in_bytes, carry, inputs)
+    memory = compiled.memory_analysis()
+    if memory is None:
+        raise RuntimeError(f"the {jax.default_backend()} backend reports no compiled memory")
+    return Step(compiled, memory.temp_size_in_bytes, carry, inputs)
 
 
 def model_inputs(batch: int, dtype_name: str) -> Tuple[jax.Array, jax.Array]:

@@ -62,11 +62,12 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split
 
-    digits = sklearn_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int32)
-    train_x, test_x, train_y, test_y = train_test_split(
-        x, y, test_size=test_fraction, random_state=seed, stratify=y
+    pixels, labels = sklearn_digits(return_X_y=True)
+    x = (np.asarray(pixels) / 16.0).astype(np.float32)
+    y = np.asarray(labels).astype(np.int32)
+    train_x, test_x, train_y, test_y = (
+        np.asarray(a)
+        for a in train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
     )
     return Dataset(train_x, train_y, test_x, test_y, "digits")
 

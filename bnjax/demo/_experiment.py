@@ -9,7 +9,7 @@ of the last hidden layer (Fig. 1b, c). The whole run between two records is one
 compiled ``lax.scan``.
 """
 
-from typing import Dict, NamedTuple, Tuple
+from typing import Any, Dict, NamedTuple, Tuple, cast
 
 import flax.linen as nn
 import jax
@@ -197,16 +197,15 @@ def run_experiment(config: ExperimentConfig, data: Dataset, *, progress: bool = 
 
     @jax.jit
     def evaluate(params, batch_stats):
-        logits, pre_activation = model.apply(
-            {"params": params, "batch_stats": batch_stats}, test_x, train=False
-        )
+        outputs = model.apply({"params": params, "batch_stats": batch_stats}, test_x, train=False)
+        logits, pre_activation = cast(Tuple[jax.Array, jax.Array], outputs)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == test_y)
         return accuracy, jnp.percentile(pre_activation[:, config.unit], jnp.array(PERCENTILES))
 
     carry = (params, batch_stats, optimizer.init(params))
     record_steps = _record_steps(config)
     step_keys = jax.random.split(data_key, max(config.steps, 1))
-    result = {"step": [], "test_accuracy": [], "train_loss": []}
+    result: Dict[str, Any] = {"step": [], "test_accuracy": [], "train_loss": []}
     percentiles = {str(p): [] for p in PERCENTILES}
     desc = "with BN" if config.batch_norm else "without BN"
     bar = tqdm(total=config.steps, disable=not progress, desc=desc, leave=False)
