@@ -78,8 +78,9 @@ def resolve_use_running_average(
 def layout_of(x, axis, train: bool) -> validate.Layout:
     """The feature and reduced axes of x, worked out once per call and handed to the core.
 
-    The modules create their variables with ``layout.feature_shape``; whether
-    existing variables match it is checked once, by the core.
+    linen creates new variables with ``layout.feature_shape`` (NNX creates them
+    from ``num_features``); whether the variables match x is checked once, by
+    the core.
     """
     return validate.layout_of(validate.as_array(x, "x"), axis, train)
 

@@ -160,7 +160,8 @@ class BatchNorm(nn.Module):
         Flax's own parameter shape check would.
         """
         if self.has_variable("params", name):
-            return tuple(jnp.shape(self.get_variable("params", name)))
+            # unbox: a scale_init/bias_init with nn.with_partitioning stores a Partitioned box
+            return tuple(jnp.shape(nn.meta.unbox(self.get_variable("params", name))))
         return from_x
 
     @nn.nowrap  # runs inside __call__'s compact scope (Module.tabulate, shared modules)

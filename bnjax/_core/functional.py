@@ -253,7 +253,7 @@ def normalize(
       options: the ``Options`` (see ``batch_norm`` for their meaning).
       mask: optional boolean mask broadcastable to ``x``.
       layout: ``validate.layout_of(x, options.axis, train)`` when the caller
-        (a Flax module, which shapes its variables with it) already has it;
+        (a Flax module; linen shapes new variables with it) already has it;
         worked out here otherwise.
 
     Returns:
