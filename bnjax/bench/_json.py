@@ -1,19 +1,9 @@
 """Strict JSON: a value that does not exist (NaN, ±Infinity) is written as null."""
 
 import json
-import math
 from typing import Any
 
-
-def strict(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: strict(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict(item) for item in value]
-    return value
+from ..demo import strict_json as strict  # one implementation for both applications
 
 
 def write_json(value: Any, path: str) -> None:
