@@ -34,11 +34,17 @@ def renorm_scale_and_bias(
 
     All per-feature arguments broadcast against ``x`` and are in the
     accumulation dtype. The batch moments computed here are the ones the
-    transform computes again; XLA merges the two.
+    transform computes again; XLA merges the two. μ_B − μ is taken relative to
+    the moments' shift K, (K − μ) + (μ_B − K), with μ_B − K computed without
+    rounding μ_B: at an offset of 1e6 std the float32-rounded μ_B alone would
+    be off by up to 1/32 std.
     """
     moments = batch_moments(x, mask, reduce_axes, axis_name, axis_index_groups)
     sigma = jnp.sqrt(running_var + epsilon)
     r = jnp.clip(jnp.sqrt(moments.var + epsilon) / sigma, 1 / r_max, r_max)
-    d = jnp.clip((moments.mean - running_mean) / sigma, -d_max, d_max)
+    # μ_B − μ from the shift and the exact offset: (K − μ) + (μ_B − K), never the
+    # rounded μ_B, so d keeps its precision at any offset (as the transform's y does).
+    difference = (moments.shift - running_mean) + moments.offset
+    d = jnp.clip(difference / sigma, -d_max, d_max)
     r, d = lax.stop_gradient(r), lax.stop_gradient(d)
     return scale * r, bias + scale * d
