@@ -46,6 +46,36 @@ def core_options(module, *, initializing: bool = False, population: bool = False
     return Options.from_keywords(vars(module), **overrides)
 
 
+def check_dtypes(dtype, param_dtype) -> None:
+    """A module's ``dtype`` (None or inexact) and ``param_dtype`` (floating), as Flax's ValueError.
+
+    An integer output dtype would truncate the normalized values (Flax raises
+    "Dtype must be inexact"); integer parameters could not learn (their
+    gradient is ``float0``) and the core takes floating parameters only.
+    """
+    for name, value, kind, expected in (
+        ("dtype", dtype, jnp.inexact, "an inexact (floating-point or complex) dtype or None"),
+        ("param_dtype", param_dtype, jnp.floating, "a floating-point dtype"),
+    ):
+        if value is None and name == "dtype":
+            continue
+        try:
+            resolved = jnp.dtype(value)
+        except TypeError:
+            resolved = None
+        if resolved is None or not jnp.issubdtype(resolved, kind):
+            shown = value if resolved is None else resolved
+            raise ValueError(
+                f"{name} must be {expected}, got {shown!r}: "
+                + (
+                    "an integer or boolean output would truncate the normalized values"
+                    if name == "dtype"
+                    else "scale and bias are learned (and integer ones get no gradient)"
+                )
+                + f"; e.g. {name}=jnp.float32"
+            )
+
+
 def resolve_use_running_average(
     attribute: Optional[bool], argument: Optional[bool], *, call_overrides: bool
 ) -> bool:

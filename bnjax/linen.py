@@ -9,6 +9,7 @@ from flax.linen import initializers
 
 from ._frontend import (
     call_core,
+    check_dtypes,
     core_options,
     layout_of,
     resolve_use_running_average,
@@ -32,15 +33,18 @@ class BatchNorm(nn.Module):
       use_running_average: True evaluates with the running statistics, False
         trains with batch statistics; may instead be given at call time.
       axis: the feature axis or axes.
-      momentum: Flax's convention ``new = momentum·old + (1−momentum)·batch``;
-        None keeps the exact average over all batches (then
-        ``batch_stats/count`` is stored too).
+      momentum: Flax's convention ``new = momentum·old + (1−momentum)·batch``
+        (a float, or a NumPy or JAX scalar, traced or not); None keeps the
+        exact average over the batches each feature saw (then
+        ``batch_stats/count`` is stored too, one per feature; statistics
+        loaded without it count as one batch).
       epsilon: added to the variance.
-      dtype: the output dtype; None promotes x with the parameters, as Flax
-        does. The statistics always come from x in at least float32, so
+      dtype: the output dtype, inexact (an integer one raises a ValueError,
+        as in Flax); None promotes x with the parameters, as Flax does. The
+        statistics always come from x in at least float32, so
         ``jnp.bfloat16`` with float32 input gives Flax's numbers rounded to
         bfloat16.
-      param_dtype: dtype of scale and bias.
+      param_dtype: dtype of scale and bias, floating point.
       use_bias: whether to learn β.
       use_scale: whether to learn γ.
       bias_init: initializer of β.
@@ -110,6 +114,7 @@ class BatchNorm(nn.Module):
         Returns:
           The normalized input.
         """
+        check_dtypes(self.dtype, self.param_dtype)
         train = not resolve_use_running_average(
             self.use_running_average, use_running_average, call_overrides=False
         )
@@ -193,7 +198,9 @@ class BatchNorm(nn.Module):
         var = self.variable(collection, "var", jnp.ones, feature_shape, jnp.float32)
         count = None  # kept only where the exact average needs it, and read only in training
         if collection != "batch_stats" or (self.momentum is None and (updating or initializing)):
-            # the population tool counts per feature, so that it sees every missed batch
-            count_shape = () if collection == "batch_stats" else feature_shape
-            count = self.variable(collection, "count", jnp.zeros, count_shape, jnp.int32)
+            # one count per feature, so that a feature that misses a batch averages exactly
+            # the batches it saw. Statistics without a count (a flax.linen.BatchNorm
+            # checkpoint) get one of zeros at the first training step: the core then counts
+            # them as one batch (see bnjax.batch_norm's state.count).
+            count = self.variable(collection, "count", jnp.zeros, feature_shape, jnp.int32)
         return mean, var, count

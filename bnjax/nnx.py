@@ -12,6 +12,7 @@ from flax.nnx.nn import dtypes as flax_dtypes
 from ._core.validate import feature_shape_from
 from ._frontend import (
     call_core,
+    check_dtypes,
     core_options,
     layout_of,
     output_dtype,
@@ -34,12 +35,17 @@ class BatchNorm(nnx.Module):
       num_features: the size of the feature axis (a tuple for several axes).
       use_running_average: True evaluates with the running statistics.
       axis: the feature axis or axes.
-      momentum: Flax's convention; None keeps the exact average over all
-        batches (a ``count`` ``BatchStat`` is then kept too).
+      momentum: Flax's convention (a float, or a NumPy or JAX scalar, traced
+        or not); None keeps the exact average over the batches each feature
+        saw (a ``count`` ``BatchStat`` of the feature shape is then kept
+        too). Statistics loaded without their count (``nnx.update`` with a
+        ``flax.nnx.BatchNorm``'s state leaves ``count`` at 0) count as one
+        batch; set ``count`` to weigh them otherwise.
       epsilon: added to the variance.
-      dtype: computation and output dtype; None promotes x with the parameters
-        and the statistics (``promote_dtype``).
-      param_dtype: dtype of scale and bias.
+      dtype: computation and output dtype, inexact (an integer one raises a
+        ValueError, as in Flax); None promotes x with the parameters and the
+        statistics (``promote_dtype``).
+      param_dtype: dtype of scale and bias, floating point.
       use_bias: whether to learn β.
       use_scale: whether to learn γ.
       bias_init: initializer of β.
@@ -106,9 +112,13 @@ class BatchNorm(nnx.Module):
         scale_metadata: Mapping[str, Any] = MappingProxyType({}),
     ):
         shape = feature_shape_from(num_features)
+        check_dtypes(dtype, param_dtype)
         self.mean = nnx.BatchStat(jnp.zeros(shape, jnp.float32))
         self.var = nnx.BatchStat(jnp.ones(shape, jnp.float32))
-        self.count = nnx.BatchStat(jnp.zeros((), jnp.int32)) if momentum is None else nnx.data(None)
+        # one count per feature: the exact average of the batches each feature saw
+        self.count = (
+            nnx.BatchStat(jnp.zeros(shape, jnp.int32)) if momentum is None else nnx.data(None)
+        )
         self.scale = nnx.data(None)
         if use_scale:
             self.scale = nnx.Param(scale_init(rngs.params(), shape, param_dtype), **scale_metadata)
@@ -153,6 +163,7 @@ class BatchNorm(nnx.Module):
         Returns:
           The normalized input.
         """
+        check_dtypes(self.dtype, self.param_dtype)
         train = not resolve_use_running_average(
             self.use_running_average, use_running_average, call_overrides=True
         )
@@ -171,8 +182,6 @@ class BatchNorm(nnx.Module):
         if promote is flax_dtypes.promote_dtype:
             promote = promote_like_flax_nnx
         x, mean_p, var_p, scale, bias = promote((x, mean, var, scale, bias), dtype=self.dtype)
-        if population:
-            vars(self)["population_calls"][...] += 1
         y, new_state = call_core(
             x,
             scale,
@@ -186,6 +195,8 @@ class BatchNorm(nnx.Module):
             mask,
             layout,
         )
+        if population:  # counted once the call has succeeded
+            vars(self)["population_calls"][...] += 1
         if train:
             if new_state.mean.dtype == self.mean.dtype:
                 self.mean[...] = new_state.mean
@@ -273,7 +284,8 @@ def recompute_population_stats(model: nnx.Module, batches, *, progress: bool = T
         layer = layers[path]
         layer.mean[...], layer.var[...] = new.mean[...], new.var[...]
         if layer.count is not None:  # a layer that keeps the exact average keeps the new count
-            layer.count[...] = jnp.min(new.count[...]).astype(layer.count.dtype)
+            count = jnp.min(new.count[...]).astype(layer.count.dtype)  # equal for every feature
+            layer.count[...] = jnp.broadcast_to(count, layer.count.shape)
 
 
 def _bnjax_layers(model: nnx.Module) -> dict:

@@ -143,6 +143,85 @@ def check_axis_index_groups():
                                     rtol=1e-5, atol=1e-4)  # fmt: skip
 
 
+def _raises(error, pattern, call, *args):
+    """Asserts that ``call(*args)`` raises ``error`` with a message matching ``pattern``."""
+    try:
+        call(*args)
+    except error as raised:
+        assert re.search(pattern, str(raised)), (pattern, str(raised))
+        return
+    raise AssertionError(f"{call} did not raise {error.__name__} for {args}")
+
+
+def check_axis_index_groups_errors():
+    """Groups that are not a partition of the axis are named where they enter, in every API."""
+    cases = [
+        ([[0, 1, 2, 3]], ValueError, r"axis_index_groups must be a partition of the 8 indices of "
+         r"axis_name='d' \(0\.\.7, each in exactly one group\), got \[\[0, 1, 2, 3\]\]: "
+         r"\[4, 5, 6, 7\] are in no group"),
+        ([[0, 1, 2, 3], [4, 5, 6, 8]], ValueError, r"partition of the 8 indices .* indices \[8\] "
+         r"are outside the axis"),
+        ([[0, 0, 1, 2], [3, 4, 5, 6]], ValueError, r"axis_index_groups must name each device once "
+         r"\(a partition of the axis\), got \[\[0, 0, 1, 2\], \[3, 4, 5, 6\]\], where \[0\] "
+         r"appear more than once"),
+        ([[0, 1, 2], [3, 4, 5, 6, 7]], ValueError, r"axis_index_groups must be groups of equal "
+         r"size, got .* with sizes \[3, 5\]"),
+        ([[0, 1, 2, 3], [4, 5, 6, -7]], ValueError, r"axis_index_groups must hold indices >= 0"),
+        ([[0, 1, 2, 3], [4, 5, 6, 7.0]], TypeError, r"axis_index_groups must be a list of lists "
+         r"of device indices along axis_name, .*\(every index a Python int\)"),
+        ([0, 1, 2, 3], TypeError, r"\(each group a non-empty sequence of device indices\)"),
+    ]  # fmt: skip
+    x = X.reshape(DEVICES, -1, 5)
+    variables = bnjax.BatchNorm(use_running_average=False).init(jax.random.key(0), x[0])
+    for groups, error, pattern in cases:
+        calls = [
+            lambda g: jax.pmap(lambda x, m: per_device(x, m, axis_name="d", axis_index_groups=g),
+                               axis_name="d")(X, MASK),
+            lambda g: jax.pmap(lambda x: bnjax.batch_renorm(x, PARAMS, STATE, True, axis_name="d",
+                                                            axis_index_groups=g), axis_name="d")(X),
+            lambda g: jax.pmap(lambda x: bnjax.batch_norm(x, PARAMS, STATE, False, axis_name="d",
+                                                          axis_index_groups=g), axis_name="d")(X),
+            lambda g: jax.pmap(lambda x: bnjax.BatchNorm(
+                use_running_average=False, axis_name="d", axis_index_groups=g
+            ).apply(variables, x, mutable=["batch_stats"])[0], axis_name="d")(x),
+        ]  # fmt: skip
+        for call in calls:
+            _raises(error, pattern, call, groups)
+
+
+def check_axis_index_groups_shard_map():
+    """shard_map: groups need check_vma=False (JAX 0.10); then they equal the per-group batches."""
+    groups = [[0, 1, 2, 3], [4, 5, 6, 7]]
+    mesh = _mesh(AxisType.Auto)
+    sharding = NamedSharding(mesh, P("d"))
+    x = jax.device_put(X.reshape(-1, 3, 5), sharding)
+    mask = jax.device_put(MASK.reshape(-1, 3, 1), sharding)
+
+    def run(check_vma):
+        normalize = jax.shard_map(
+            lambda x, m: per_device(x, m, axis_name="d", axis_index_groups=groups),
+            mesh=mesh, in_specs=(P("d"), P("d")), out_specs=(P("d"), P()), check_vma=check_vma,
+        )  # fmt: skip
+
+        def loss(x, m):
+            y, state = normalize(x, m)
+            return jnp.sum(jnp.sin(y)), (y, state)
+
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(x, mask)
+
+    _raises(NotImplementedError, r"axis_index_groups under jax\.shard_map \(axis_name='d'\): "
+            r"JAX .* does not implement grouped collectives with shard_map's type checking\. "
+            r"Pass check_vma=False", run, True)  # fmt: skip
+    (_, (y, state)), grad = run(False)
+    y, grad = np.asarray(y).reshape(X.shape), np.asarray(grad).reshape(X.shape)
+    for i, group in enumerate(groups):
+        y_ref, state_ref, grad_ref = global_reference(X[group], MASK[group])
+        np.testing.assert_allclose(y[np.asarray(group)], y_ref, atol=3e-4)
+        np.testing.assert_allclose(grad[np.asarray(group)], grad_ref, atol=1e-3)
+        if i == 0:  # out_specs=P() returns the first device's (its group's) statistics
+            chex.assert_trees_all_close(state, state_ref, rtol=1e-5, atol=1e-4)
+
+
 def _count_collectives(text):
     return len(re.findall(r"all[-_]reduce|all[-_]gather|reduce[-_]scatter|collective[-_]permute",
                           text.split("ENTRY")[-1] if "ENTRY" in text else text))  # fmt: skip

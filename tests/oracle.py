@@ -78,6 +78,8 @@ def reference(
         return normalize(x, rm, rv, scale, bias, epsilon), rm, rv
     count, mean, var = batch_stats(x, axis, mask)
     y = normalize(x, mean, var, scale, bias, epsilon)
+    seen = np.asarray(seen, np.float64)  # batches folded in: a scalar or one per feature
+    seen = seen.reshape(bshape(x)) if seen.ndim else seen
     batch_var = var * count / (count - 1) if unbiased else var
     if momentum is None:
         new_mean = (seen * rm + mean) / (seen + 1)

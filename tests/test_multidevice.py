@@ -17,7 +17,8 @@ import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 CHECKS = [
-    "pmap", "shard_map", "sharded_jit", "axis_index_groups",
+    "pmap", "shard_map", "sharded_jit", "axis_index_groups", "axis_index_groups_errors",
+    "axis_index_groups_shard_map",
     "one_collective_forward_one_backward", "flax_modules", "outlier_on_one_device",
 ]  # fmt: skip
 

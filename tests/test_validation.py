@@ -74,7 +74,12 @@ def call(x=X, params=PARAMS, state=STATE, train=True, **kwargs):
             r"momentum must be in \[0, 1\] \(or None\), got momentum=1\.5",
         ),
         (dict(momentum=-0.1), ValueError, r"momentum must be in \[0, 1\].*momentum=-0\.1"),
-        (dict(momentum="0.9"), TypeError, r"momentum must be a Python float in \[0, 1\] or None"),
+        (
+            dict(momentum="0.9"),
+            TypeError,
+            r"momentum must be a real scalar \(in \[0, 1\]; a Python float, or a NumPy or "
+            r"JAX scalar, traced or not\) or None, got '0\.9' of type str",
+        ),
         (
             dict(epsilon=-1e-5),
             ValueError,
@@ -86,7 +91,7 @@ def call(x=X, params=PARAMS, state=STATE, train=True, **kwargs):
         (
             dict(state=STATE._replace(count=3)),
             TypeError,
-            r"state\.count must be an integer array \(int32 scalar, as bnjax\.init makes\), got 3",
+            r"state\.count must be an integer array \(int32, as bnjax\.init makes\), got 3",
         ),
         (
             dict(state=STATE._replace(count=jnp.float32(3.5))),
@@ -128,7 +133,9 @@ def test_numpy_integers_are_accepted():
 
 
 def test_renorm_limits_must_be_numbers():
-    with pytest.raises(TypeError, match=r"r_max must be a Python float, got '3'"):
+    with pytest.raises(
+        TypeError, match=r"r_max must be a real scalar \(>= 1; .*\), got '3' of type str"
+    ):
         bnjax.batch_renorm(X, PARAMS, STATE, True, r_max="3")
 
 
@@ -137,3 +144,18 @@ def test_init_rejects_bad_arguments():
         bnjax.init(-1)
     with pytest.raises(TypeError, match=r"dtype must be a floating dtype, got int32"):
         bnjax.init(3, dtype=jnp.int32)
+
+
+def test_shape_errors_say_their_message_once_without_chex_boilerplate():
+    message = (
+        "params.scale must have the feature shape of x, (4,) (x.shape at axes (1,)), got (3,); "
+        "was the layer initialized for another number of features or axis?"
+    )
+    with pytest.raises(ValueError) as raised:
+        bnjax.batch_norm(X, PARAMS._replace(scale=jnp.ones(3)), STATE, True)
+    assert str(raised.value) == message
+    variables = bnjax.BatchNorm(use_running_average=True).init(jax.random.key(0), X[:, :3])
+    with pytest.raises(ValueError) as raised:
+        bnjax.BatchNorm(use_running_average=True).apply(variables, X)
+    assert str(raised.value).startswith("params.scale must have the feature shape of x, (4,)")
+    assert "Chex" not in str(raised.value)

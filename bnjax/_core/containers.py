@@ -26,9 +26,14 @@ class BatchNormState(NamedTuple):
     Attributes:
       mean: running mean per feature, initially zeros.
       var: running variance per feature, initially ones.
-      count: int32 scalar, the number of training batches folded into the
-        statistics so far (used by ``momentum=None``, the exact cumulative
-        average).
+      count: int32 (or wider), one per feature as ``init`` makes it: the
+        number of training batches folded into each feature's statistics (a
+        feature that missed a batch, for NaN/Inf values or a mask that left it
+        empty, did not count it), used by ``momentum=None``, the exact
+        cumulative average. A scalar count (older states) is accepted: it
+        counts the batches that updated any feature. A count of 0 with
+        statistics other than ``init``'s (mean 0, variance 1) means
+        statistics loaded without their count: they count as one batch.
 
     """
 

@@ -38,7 +38,10 @@ def init(
 
     Returns:
       ``(params, state)``: ``BatchNormParams(scale, bias)`` and
-      ``BatchNormState(mean=zeros, var=ones, count=0)``.
+      ``BatchNormState(mean=zeros, var=ones, count=zeros)``, each of the
+      feature shape (``count`` int32: the batches folded into each
+      feature's statistics, so that ``momentum=None`` averages exactly the
+      batches each feature saw).
 
     Raises:
       ValueError: ``num_features`` that is not a positive int or a non-empty
@@ -51,7 +54,7 @@ def init(
       >>> params.scale, params.bias
       (Array([1., 1., 1.], dtype=float32), Array([0., 0., 0.], dtype=float32))
       >>> state.count
-      Array(0, dtype=int32)
+      Array([0, 0, 0], dtype=int32)
 
     """
     shape = feature_shape_from(num_features)
@@ -65,7 +68,7 @@ def init(
     state = BatchNormState(
         mean=jnp.zeros(shape, stats_dtype),
         var=jnp.ones(shape, stats_dtype),
-        count=jnp.zeros((), jnp.int32),
+        count=jnp.zeros(shape, jnp.int32),
     )
     return params, state
 
@@ -119,9 +122,12 @@ def batch_norm(
         with ``state``.
       axis: the feature axis or axes, kept; statistics reduce over all others
         (-1 for NHWC and dense, 1 for NCHW).
-      momentum: Flax's convention, ``new = momentum·old + (1−momentum)·batch``;
-        None keeps the exact cumulative average over all batches seen.
-      epsilon: added to the variance, >= 0.
+      momentum: Flax's convention, ``new = momentum·old + (1−momentum)·batch``,
+        a real scalar in [0, 1] (a Python float, or a NumPy or JAX scalar;
+        a traced one, e.g. a schedule inside ``jit``, is range-checked only
+        where it is concrete); None keeps the exact cumulative average over
+        the batches each feature saw (``state.count`` per feature).
+      epsilon: added to the variance, >= 0 (a scalar like ``momentum``).
       unbiased: if True, the running variance receives m/(m−1)·σ²_B (m the
         number of elements that entered the statistics), as in the paper's
         Alg. 2 and PyTorch. Normalization always uses the biased σ²_B.
@@ -130,7 +136,8 @@ def batch_norm(
       axis_name: compute the statistics across this mapped axis (``pmap``,
         ``shard_map``, ``vmap``).
       axis_index_groups: groups of indices along ``axis_name`` that share
-        statistics.
+        statistics: a partition of the axis into groups of equal size
+        (``pmap``; ``shard_map`` with ``check_vma=False``).
       virtual_batch_size: ghost batch norm (Hoffer et al., 2017): in training,
         each group of this many consecutive examples along the batch axis (the
         first non-feature axis) is normalized with its own statistics, and the
@@ -150,7 +157,11 @@ def batch_norm(
         is not a static Python bool, params/state of the wrong type.
       ValueError: scalar x, ``axis`` out of range, params/state that do not
         match x's features, a mask that does not broadcast, an empty training
-        batch, momentum outside [0, 1], negative epsilon.
+        batch, momentum outside [0, 1], negative epsilon, a negative
+        ``state.count``, ``axis_index_groups`` that are not a partition of
+        the axis.
+      NotImplementedError: ``axis_index_groups`` under ``shard_map`` with its
+        default ``check_vma=True`` (JAX does not implement it).
 
     Examples:
       >>> import jax, jax.numpy as jnp, bnjax
@@ -162,8 +173,8 @@ def batch_norm(
              [ 1.,  1.]], dtype=float32)
       >>> round(float(state.mean[1]), 6)  # 0.99 * 0 + 0.01 * batch mean 20
       0.2
-      >>> int(state.count)
-      1
+      >>> state.count
+      Array([1, 1], dtype=int32)
       >>> y, _ = bnjax.batch_norm(x, params, state, train=False)
       >>> y.shape
       (2, 2)
@@ -203,8 +214,8 @@ def batch_renorm(
       params: ``BatchNormParams`` from ``init``.
       state: ``BatchNormState`` from ``init`` or a previous call.
       train: static Python bool.
-      r_max: clip of r, >= 1.
-      d_max: clip of d, >= 0.
+      r_max: clip of r, >= 1 (a scalar like ``momentum``).
+      d_max: clip of d, >= 0 (a scalar like ``momentum``).
       axis: the feature axis or axes.
       momentum: as in ``batch_norm``.
       epsilon: as in ``batch_norm``.
@@ -266,7 +277,7 @@ def normalize(
         layout = validate.layout_of(x, options.axis, train)
     validate.check_params_and_state(params, state, layout, x, train)
     mask = validate.check_mask(mask, x)
-    validate.check_axis_name(options.axis_name)
+    validate.check_axis_name(options.axis_name, options.axis_index_groups, x)
     if options.renorm_limits is not None and jnp.iscomplexobj(x):
         raise TypeError(f"batch_renorm needs real x, got dtype {x.dtype}")
     if train:
@@ -279,7 +290,7 @@ def normalize(
     running_var = _per_feature(state.var, 1.0, layout, acc)
     if options.check_values:
         value_checks.check_input_values(x, layout.reduce_axes)
-        value_checks.check_running_stats(state.mean, state.var)
+        value_checks.check_running_stats(state.mean, state.var, state.count)
     if not train:
         return normalize_eval(x, scale, bias, running_mean, running_var, options.epsilon), state
 

@@ -9,10 +9,14 @@ in evaluation alike.
 """
 
 import dataclasses
+import math
 import numbers
+import typing
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
+import jax
 import numpy as np
+from jax import core as jax_core
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,47 +53,152 @@ class Options:
         return cls(**{**values, **overrides})
 
     def check(self) -> "Options":
-        """Raises a TypeError/ValueError naming the first bad option; returns ``self``."""
-        _check_momentum(self.momentum)
-        check_epsilon(self.epsilon)
+        """Raises a TypeError/ValueError naming the first bad option.
+
+        Returns:
+          The options in canonical form: concrete scalars (Python, NumPy or
+          JAX) as Python floats, traced ones as they came (their range is
+          checked where they are concrete), device groups as a tuple of
+          tuples of ints.
+        """
+        momentum = (
+            None
+            if self.momentum is None
+            else real_scalar(self.momentum, "momentum", 0.0, 1.0, "in [0, 1]", none_ok=True)
+        )
+        epsilon = check_epsilon(self.epsilon)
         if not isinstance(self.unbiased, (bool, np.bool_)):
             raise TypeError(f"unbiased must be a Python bool, got {self.unbiased!r}")
-        if self.axis_index_groups is not None and self.axis_name is None:
-            raise ValueError(
-                "axis_index_groups needs axis_name: got axis_index_groups="
-                f"{self.axis_index_groups!r} with axis_name=None"
-            )
+        groups = None
+        if self.axis_index_groups is not None:
+            if self.axis_name is None:
+                raise ValueError(
+                    "axis_index_groups needs axis_name: got axis_index_groups="
+                    f"{self.axis_index_groups!r} with axis_name=None"
+                )
+            groups = check_axis_index_groups(self.axis_index_groups)
         if not isinstance(self.check_values, (bool, np.bool_)):
             raise TypeError(f"check_values must be a Python bool, got {self.check_values!r}")
         _check_virtual_batch_size(self.virtual_batch_size, self.axis_name)
-        if self.renorm_limits is not None:
-            _check_renorm_limits(*self.renorm_limits)
+        limits = self.renorm_limits
+        if limits is not None:
+            limits = (
+                real_scalar(limits[0], "r_max", 1.0, math.inf, ">= 1"),
+                real_scalar(limits[1], "d_max", 0.0, math.inf, ">= 0"),
+            )
             if self.virtual_batch_size is not None:
                 raise ValueError("renorm and virtual_batch_size cannot be combined")
-        return self
+        return dataclasses.replace(
+            self, momentum=momentum, epsilon=epsilon, axis_index_groups=groups,
+            renorm_limits=limits,
+        )  # fmt: skip
 
 
-def check_epsilon(epsilon) -> None:
-    """Epsilon must be a finite Python/NumPy real >= 0."""
-    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
+def real_scalar(
+    value, name: str, low: float, high: float, allowed: str, *, none_ok=False, finite=False
+) -> Any:
+    """A real scalar hyperparameter in [low, high] (finite), as Flax takes it.
+
+    A Python number, a NumPy scalar or 0-d array, or a JAX scalar, concrete or
+    traced (e.g. a momentum computed inside ``jit``). Concrete values come back
+    as Python floats once their range is checked; a traced value comes back as
+    it is (its value is not known while tracing).
+
+    Args:
+      value: the value given.
+      name: the argument's name, for the messages.
+      low: the smallest value allowed.
+      high: the largest value allowed (may be ``math.inf``).
+      allowed: the range in words, for the messages (e.g. ``"in [0, 1]"``).
+      none_ok: whether None is allowed (said in the messages).
+      finite: whether the value must be finite.
+
+    Returns:
+      A Python float, or the traced JAX scalar.
+
+    Raises:
+      TypeError: anything else (a string, a bool, a complex or non-scalar array).
+      ValueError: a concrete value outside the range or NaN (or, with
+        ``finite``, infinite).
+    """
+    expected = (
+        f"{name} must be a real scalar ({allowed}; a Python float, or a NumPy or JAX scalar, "
+        f"traced or not){' or None' if none_ok else ''}"
+    )
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        raise TypeError(f"{expected}, got {value!r} of type {type(value).__name__}")
+    if isinstance(value, numbers.Real):
+        number = float(value)
+    elif isinstance(value, (np.ndarray, np.generic, jax.Array)):
+        dtype = np.dtype(value.dtype)
+        real = np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
+        if not real or dtype == np.bool_:
+            raise TypeError(f"{expected}, got an array of dtype {dtype}")
+        if np.shape(value) != ():
+            raise TypeError(f"{expected}, got an array of shape {np.shape(value)}")
+        if isinstance(value, jax_core.Tracer):
+            return value  # traced: its value is not known here
+        number = float(value)
+    else:
+        raise TypeError(f"{expected}, got {value!r} of type {type(value).__name__}")
+    if not (low <= number <= high) or (finite and not math.isfinite(number)):
+        shown = number if isinstance(value, numbers.Real) else value
+        or_none = " (or None)" if none_ok else ""
+        raise ValueError(f"{name} must be {allowed}{or_none}, got {name}={shown!r}")
+    return number
+
+
+def check_epsilon(epsilon) -> Any:
+    """Epsilon, a finite real scalar >= 0 (see ``real_scalar``)."""
+    return real_scalar(epsilon, "epsilon", 0.0, math.inf, "a finite number >= 0", finite=True)
+
+
+def check_axis_index_groups(groups: Any) -> Tuple[Tuple[int, ...], ...]:
+    """Device groups as a tuple of tuples of ints: non-empty, equal sizes, no index twice.
+
+    Whether they cover the mapped axis exactly is checked where its size is
+    known (``validate.check_axis_name``).
+    """
+    problem = None
+    if isinstance(groups, np.ndarray):
+        groups = groups.tolist()
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence) or not groups:
+        problem = "a non-empty sequence of groups"
+    elif not all(
+        isinstance(g, Sequence) and not isinstance(g, (str, bytes)) and len(g) > 0 for g in groups
+    ):
+        problem = "each group a non-empty sequence of device indices"
+    elif not all(
+        isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))
+        for g in groups
+        for i in g
+    ):
+        problem = "every index a Python int"
+    if problem is not None:
         raise TypeError(
-            f"epsilon must be a non-negative Python float, got {epsilon!r} "
-            f"of type {type(epsilon).__name__}"
+            f"axis_index_groups must be a list of lists of device indices along axis_name, "
+            f"e.g. [[0, 1, 2, 3], [4, 5, 6, 7]] ({problem}), got {groups!r}"
         )
-    if not (np.isfinite(float(epsilon)) and float(epsilon) >= 0.0):
-        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon=}")
-
-
-def _check_momentum(momentum) -> None:
-    if momentum is None:
-        return
-    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
-        raise TypeError(
-            f"momentum must be a Python float in [0, 1] or None, got {momentum!r} "
-            f"of type {type(momentum).__name__}"
+    canonical: Tuple[Tuple[int, ...], ...] = tuple(
+        tuple(int(i) for i in g) for g in typing.cast(Any, groups)
+    )
+    groups = [list(g) for g in canonical]  # shown as lists, however they came (linen: tuples)
+    flat = [i for g in canonical for i in g]
+    if min(flat) < 0:
+        raise ValueError(f"axis_index_groups must hold indices >= 0, got {groups!r}")
+    twice = sorted({i for i in flat if flat.count(i) > 1})
+    if twice:
+        raise ValueError(
+            f"axis_index_groups must name each device once (a partition of the axis), got "
+            f"{groups!r}, where {twice} appear more than once"
         )
-    if not 0.0 <= float(momentum) <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1] (or None), got {momentum=}")
+    sizes = sorted({len(g) for g in canonical})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"axis_index_groups must be groups of equal size, got {groups!r} with sizes "
+            f"{[len(g) for g in canonical]}"
+        )
+    return canonical
 
 
 def _check_virtual_batch_size(size, axis_name) -> None:
@@ -102,14 +211,3 @@ def _check_virtual_batch_size(size, axis_name) -> None:
             "virtual_batch_size cannot be combined with axis_name: ghost batches are "
             f"normalized on their own device, got axis_name={axis_name!r}"
         )
-
-
-def _check_renorm_limits(r_max, d_max) -> None:
-    """r_max >= 1 and d_max >= 0 (r_max = 1, d_max = 0 is plain batch norm)."""
-    for name, value in (("r_max", r_max), ("d_max", d_max)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{name} must be a Python float, got {value!r}")
-    if not r_max >= 1.0:
-        raise ValueError(f"r_max must be >= 1, got {r_max=}")
-    if not d_max >= 0.0:
-        raise ValueError(f"d_max must be >= 0, got {d_max=}")

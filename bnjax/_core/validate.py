@@ -7,7 +7,6 @@ was expected and what came.
 
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,20 +103,52 @@ def check_input(x) -> jax.Array:
     return x
 
 
-def check_axis_name(axis_name) -> None:
-    """Raises a clear error when ``axis_name`` is not bound by an enclosing mapped transform."""
+def check_axis_name(axis_name, axis_index_groups=None, x: Optional[jax.Array] = None) -> None:
+    """Raises a clear error when ``axis_name`` is not bound, or the groups do not fit it.
+
+    ``axis_index_groups`` (already a tuple of equal-size tuples without
+    repeats, see ``Options.check``) must be a partition of the mapped axis:
+    every index in range and every member in some group (XLA needs every
+    device in exactly one group). JAX's grouped collectives work under
+    ``pmap`` and under ``shard_map(..., check_vma=False)``; under ``shard_map``
+    with its default type checking (``x`` varying over ``axis_name``) JAX 0.10
+    does not implement them, and this says so and what to do instead.
+    """
     if axis_name is None:
         return
     names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    size = 1
     for name in names:
         try:
-            jax.lax.axis_size(name)
+            size *= jax.lax.axis_size(name)
         except NameError:
             raise ValueError(
                 f"axis_name={axis_name!r}: no enclosing mapped axis is named {name!r}. "
                 "Call batch norm inside jax.pmap, jax.shard_map or jax.vmap with "
                 f"axis_name={name!r}, or pass axis_name=None on a single device"
             ) from None
+    if axis_index_groups is None:
+        return
+    flat = sorted(i for group in axis_index_groups for i in group)
+    if flat != list(range(size)):
+        outside = sorted(set(flat) - set(range(size)))
+        missing = sorted(set(range(size)) - set(flat))
+        problem = (
+            f"indices {outside} are outside the axis" if outside else f"{missing} are in no group"
+        )
+        raise ValueError(
+            f"axis_index_groups must be a partition of the {size} indices of axis_name="
+            f"{axis_name!r} (0..{size - 1}, each in exactly one group), got "
+            f"{[list(g) for g in axis_index_groups]}: {problem}"
+        )
+    if x is not None and set(names) <= set(jax.typeof(x).mat.varying):
+        raise NotImplementedError(
+            f"axis_index_groups under jax.shard_map (axis_name={axis_name!r}): JAX "
+            f"{jax.__version__} does not implement grouped collectives with shard_map's "
+            "type checking. Pass check_vma=False to jax.shard_map, or give each group a mesh "
+            "axis of its own (e.g. a mesh of shape (groups, group size)) and pass the inner "
+            "axis as axis_name without axis_index_groups"
+        )
 
 
 def canonical_axes(axis: Axis, ndim: int, shape: Tuple[int, ...]) -> Tuple[int, ...]:
@@ -164,16 +195,12 @@ def check_vector(value, name: str, layout: Layout, complex_ok: bool = False) -> 
         return
     if not hasattr(value, "shape") or not hasattr(value, "dtype"):
         raise TypeError(f"{name} must be an array, got {type(value).__name__}")
-    chex.assert_shape(
-        value,
-        layout.feature_shape,
-        exception_type=ValueError,
-        custom_message=(
+    if tuple(value.shape) != tuple(layout.feature_shape):
+        raise ValueError(
             f"{name} must have the feature shape of x, {layout.feature_shape} "
             f"(x.shape at axes {layout.feature_axes}), got {tuple(value.shape)}; "
             "was the layer initialized for another number of features or axis?"
-        ),
-    )
+        )
     kind = jnp.inexact if complex_ok else jnp.floating
     if not jnp.issubdtype(value.dtype, kind):
         expected = "floating point or complex" if complex_ok else "floating point"
@@ -221,17 +248,41 @@ def check_params_and_state(params, state, layout: Layout, x: jax.Array, train: b
                     "state._replace(mean=state.mean.astype(jnp.float32), "
                     "var=state.var.astype(jnp.float32))"
                 )
-    count_dtype = getattr(state.count, "dtype", None)
-    if count_dtype is None or not jnp.issubdtype(count_dtype, jnp.integer):
+    check_count(state.count, layout.feature_shape)
+
+
+def check_count(count, feature_shape: Tuple[int, ...]) -> None:
+    """``state.count``: int32 or wider, scalar or feature-shaped, >= 0 where it is concrete.
+
+    A narrower integer would wrap around (uint8 after 255 batches) and a
+    negative count would make the exact average's weight 1/(count + 1)
+    infinite; neither may pass silently. Under ``jit`` the value is not
+    known here: ``check_values=True`` checks it there.
+    """
+    dtype = getattr(count, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(
-            "state.count must be an integer array (int32 scalar, as bnjax.init makes), got "
-            f"{state.count!r}"
+            f"state.count must be an integer array (int32, as bnjax.init makes), got {count!r}"
         )
-    if jnp.shape(state.count) not in ((), layout.feature_shape):
+    if jnp.dtype(dtype).itemsize < 4:
+        raise TypeError(
+            f"state.count has dtype {jnp.dtype(dtype)}, which wraps around after "
+            f"{jnp.iinfo(dtype).max} batches; counts are int32 or wider: "
+            "state._replace(count=state.count.astype(jnp.int32))"
+        )
+    if jnp.shape(count) not in ((), tuple(feature_shape)):
         raise ValueError(
-            "state.count must be a scalar (as bnjax.init makes it) or have the feature shape "
-            f"{layout.feature_shape} (a count per feature), got shape {jnp.shape(state.count)}"
+            "state.count must have the feature shape "
+            f"{tuple(feature_shape)} (a count per feature, as bnjax.init makes it) or be a "
+            f"scalar, got shape {jnp.shape(count)}"
         )
+    if not isinstance(count, jax_core.Tracer):
+        values = np.asarray(count)
+        if np.any(values < 0):
+            raise ValueError(
+                "state.count must be >= 0 (the number of batches folded into the "
+                f"statistics), got {values.tolist()}"
+            )
 
 
 def check_mask(mask, x: jax.Array) -> Optional[jax.Array]:

@@ -34,7 +34,8 @@ def check_batch_stats(mean: jax.Array, var: jax.Array) -> None:
     _check_features(bad, "bnjax: the batch statistics are not finite")
 
 
-def check_running_stats(mean: jax.Array, var: jax.Array) -> None:
-    """The running mean must be finite and the running variance finite and >= 0."""
+def check_running_stats(mean: jax.Array, var: jax.Array, count: jax.Array) -> None:
+    """The running mean must be finite, the variance finite and >= 0, the count >= 0."""
     bad = ~(jnp.isfinite(mean) & jnp.isfinite(var) & (var >= 0))
     _check_features(bad, "bnjax: state.mean/state.var are not finite or state.var is negative")
+    _check_features(jnp.broadcast_to(count < 0, jnp.shape(var)), "bnjax: state.count is negative")

@@ -1,6 +1,6 @@
 """Folding an inference-mode batch norm into the linear layer before it."""
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,7 @@ def fold_into_linear(
     params: BatchNormParams,
     state: BatchNormState,
     *,
-    epsilon: float = 1e-5,
+    epsilon: Any = 1e-5,
 ) -> Tuple[jax.Array, jax.Array]:
     """Returns the kernel and bias of one layer equal to a linear layer followed by BN in eval.
 
@@ -53,7 +53,7 @@ def fold_into_linear(
       (Array([0.5, 1. ], dtype=float32), Array([-0.5, -2. ], dtype=float32))
     """
     check_containers(params, state)
-    check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon)
     kernel = check_floating(kernel, "kernel")
     if kernel.ndim < 2:
         raise ValueError(f"kernel must have shape (..., in, out), got {kernel.shape}")

@@ -180,5 +180,6 @@ def recompute_population_stats(
         if path[-1] in ("mean", "var"):
             batch_stats[path] = value
         elif path in batch_stats:  # momentum=None layers: batches folded in (equal per feature)
-            batch_stats[path] = jnp.min(value).astype(batch_stats[path].dtype)
+            old = batch_stats[path]
+            batch_stats[path] = jnp.broadcast_to(jnp.min(value).astype(old.dtype), jnp.shape(old))
     return {**variables, "batch_stats": traverse_util.unflatten_dict(batch_stats)}
