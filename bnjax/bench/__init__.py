@@ -45,6 +45,30 @@ bnjax) and the compiled program's temporary memory
 (``jax.jit(step).lower(...).compile().memory_analysis().temp_size_in_bytes``)
 as ratios against bnjax and against the floor.
 
+Accelerators (``--target h200``, ``--target tpu-v5e``, or both:
+``--target h200,tpu-v5e``) compile instead of timing: compiled programs, not
+timings on a device. Each case is compiled for an NVIDIA H200 (described by
+its ``GpuTargetConfigProto``, through the CUDA plugin) or a TPU v5e (through
+libtpu) without one, and the figures are read from the compiled program: HBM
+bytes (XLA's cost analysis; cuDNN convolutions count as 0 bytes on the H200,
+so training-step bytes there are the non-convolution bytes, and
+``bytes_total`` adds the convolutions' reads and writes), kernels (the
+operations of the optimized HLO that launch work), temporary memory and, on
+TPU, the compiler's cost-model time, each also as a ratio against
+flax.linen's program. The cases: the layer on x of shape (64, 56, 56, 256)
+(``fwd``; ``fwd+bwd``, ``jax.vjp`` and the pullback of a given cotangent in
+one program returning dx), its bytes also in units of x's bytes against the
+pass floor (3 forward, 5 forward+backward); the training step of each
+network at batch 128 with every framework and the floor, plus a ResNet-50
+conv2_x stage (three bottleneck blocks on the 56×56×64 activations of
+224×224 images); and the data-parallel step of ResNet-8 (bnjax and
+flax.linen, batch sharded over every device, plain ``jax.jit``) on 8 and 16
+H200s (topologies 1x1x8, 2x1x8) and TPU v5e slices 4x4 and 8x8, with its
+collectives and their bytes per device. ``--quick`` compiles a smaller layer,
+ResNet-8 only and one multi-device topology a target. The compilers are the
+test extra's (``jax-cuda12-plugin``, ``jax-cuda12-pjrt``, ``libtpu``, pinned to
+jax's version); a missing one stops the run before any work.
+
 Without ``--model`` or ``--layers`` both benchmarks run. A run needs every
 peer it times (all JAX peers by default, or those ``--impls`` names), optax
 for the training step and, for ``--plot``, matplotlib; anything missing stops
@@ -57,6 +81,7 @@ Usage::
 
   python -m bnjax.bench [--quick] [--model | --layers] [--impls bnjax,flax.linen,...]
                         [--repeats N] [--batch N] [--json PATH] [--plot PATH]
+                        [--target h200,tpu-v5e]
 """
 
 import argparse
@@ -67,6 +92,16 @@ from typing import List
 
 import jax
 
+from ._accelerators import run_accelerators as run_accelerators
+from ._accelerators_report import HEADER as ACCELERATORS_HEADER
+from ._accelerators_report import format_accelerator_tables as format_accelerator_tables
+from ._accelerators_report import plot_accelerators as plot_accelerators
+from ._compiled import LAYER_FLOOR as LAYER_FLOOR
+from ._compiled import LAYER_SHAPE as LAYER_SHAPE
+from ._compiled import STEP_NETWORKS as STEP_NETWORKS
+from ._compiled import layer_figures as layer_figures
+from ._compiled import scaleout_figures as scaleout_figures
+from ._compiled import step_figures as step_figures
 from ._deps import missing_message, missing_modules
 from ._json import strict as strict
 from ._json import write_json as write_json
@@ -103,6 +138,9 @@ from ._report import plot_records as plot_records
 from ._report import plot_size
 from ._report import ratios as ratios
 from ._report import summary as summary
+from ._targets import TARGETS as TARGETS
+from ._targets import devices as accelerator_devices
+from ._targets import missing_compilers, prepare_environment
 from ._timing import COPY_METHOD
 from ._timing import DTYPES as DTYPES
 from ._timing import copy_bandwidth as copy_bandwidth
@@ -112,6 +150,7 @@ SHAPES_FULL = [(64, 56, 56, 64), (64, 28, 28, 128), (64, 14, 14, 256), (64, 7, 7
 SHAPES_QUICK = [(32, 28, 28, 64), (32, 7, 7, 256), (256, 2048)]
 NETWORKS_QUICK = ["resnet8"]
 MODEL_BATCH = 32
+LAYER_SHAPE_QUICK = (8, 28, 28, 256)  # 256: a TPU pads fewer than 128 features
 
 
 def _parse_impls(text: str) -> List[str]:
@@ -120,6 +159,14 @@ def _parse_impls(text: str) -> List[str]:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {', '.join(IMPLS)}")
     return list(dict.fromkeys(["bnjax", *names]))  # bnjax first, each name once
+
+
+def _parse_targets(text: str) -> List[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TARGETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {', '.join(TARGETS)}")
+    return names
 
 
 def _positive_int(text: str) -> int:
@@ -148,7 +195,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of the ratios")
     parser.add_argument("--repeats", type=_positive_int, default=None, help="timed repetitions")
     parser.add_argument(
-        "--batch", type=_positive_int, default=MODEL_BATCH, help="training-step batch size"
+        "--batch",
+        type=_positive_int,
+        default=None,
+        help=f"training-step batch size ({MODEL_BATCH}; with --target, 128)",
+    )
+    parser.add_argument(
+        "--target",
+        type=_parse_targets,
+        action="append",
+        help=f"compile for an accelerator instead of timing: {', '.join(TARGETS)} "
+        "(comma-separated or repeated); compiled-program figures, not timings",
     )
     parser.add_argument(
         "--impls",
@@ -157,6 +214,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"comma-separated, from {', '.join(IMPLS)} (bnjax, the reference, is always timed)",
     )
     return parser
+
+
+def _targets_of(args) -> List[str]:
+    """The targets of every ``--target``, each once."""
+    return list(dict.fromkeys(t for group in args.target or [] for t in group))
 
 
 def _check_args(parser: argparse.ArgumentParser, args) -> None:
@@ -170,6 +232,10 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
     missing = missing_modules(required + (["matplotlib"] if args.plot else []))
     if missing:
         parser.exit(2, missing_message(missing) + "\n")
+    compilers = missing_compilers(_targets_of(args))
+    if compilers:
+        needs = "; ".join(f"{t} needs its compiler: {hint}" for t, hint in compilers.items())
+        parser.exit(2, f"python -m bnjax.bench --target: {needs}\n")
 
 
 def _run_layers(args, names, bandwidth) -> dict:
@@ -193,18 +259,19 @@ def _run_layers(args, names, bandwidth) -> dict:
 def _run_model(args, names) -> dict:
     networks = NETWORKS_QUICK if args.quick else list(NETWORKS)
     repeats = args.repeats or (5 if args.quick else 20)
+    batch = args.batch or MODEL_BATCH
     print(
-        f"training step: batch {args.batch}, {'×'.join(map(str, IMAGE))}, {OPTIMIZER}; "
+        f"training step: batch {batch}, {'×'.join(map(str, IMAGE))}, {OPTIMIZER}; "
         f"{repeats} repetitions"
     )
     for network in networks:
         print(f"  {network}: {NETWORKS[network].description}")
-    records, notes = run_model(networks, list(DTYPES), args.batch, repeats, names)
+    records, notes = run_model(networks, list(DTYPES), batch, repeats, names)
     print(format_model_table(records))
     for note in notes:
         print(f"note: {note}")
     return {
-        "batch": args.batch,
+        "batch": batch,
         "image": list(IMAGE),
         "optimizer": OPTIMIZER,
         "networks": {network: NETWORKS[network].description for network in networks},
@@ -212,6 +279,67 @@ def _run_model(args, names) -> dict:
         "records": records,
         "notes": notes,
     }
+
+
+def _run_accelerators(args, names) -> dict:
+    """Compiles every case for every target: compiled-program figures, not timings."""
+    targets = _targets_of(args)
+    print(ACCELERATORS_HEADER)
+    described = {}
+    for target in targets:
+        device = TARGETS[target]
+        kind = accelerator_devices(target)[0].device_kind
+        described[target] = {
+            "device": kind,
+            "topology": device.one,
+            "scaleout": list(device.scaleout),
+        }
+        print(f"  {target}: {kind} (compiled for; not present)")
+    networks = [] if args.layers else (NETWORKS_QUICK if args.quick else list(STEP_NETWORKS))
+    layer_shape = None if args.model else (LAYER_SHAPE_QUICK if args.quick else LAYER_SHAPE)
+    for network in networks:
+        case = STEP_NETWORKS[network]
+        image = "×".join(map(str, case.image))
+        print(f"  {network}, batch {args.batch or case.batch}, {image}: {case.network.description}")
+    result, notes = run_accelerators(
+        targets,
+        names,
+        list(DTYPES),
+        layer_shape=layer_shape,
+        networks=networks,
+        batch=args.batch,
+        scaleout=not args.layers,
+        quick_scaleout=args.quick,
+    )
+    print(format_accelerator_tables(result))
+    for note in notes:
+        print(f"note: {note}")
+    return {
+        "compiled_not_timed": ACCELERATORS_HEADER,
+        "targets": described,
+        "layer_floor_per_x": dict(LAYER_FLOOR),
+        "networks": {
+            n: {
+                "description": STEP_NETWORKS[n].network.description,
+                "batch": args.batch or STEP_NETWORKS[n].batch,
+                "image": list(STEP_NETWORKS[n].image),
+            }
+            for n in networks
+        },
+        "optimizer": OPTIMIZER,
+        **result,
+        "notes": notes,
+    }
+
+
+def _compiler_versions() -> dict:
+    versions = {}
+    for distribution in ("jax-cuda12-plugin", "jax-cuda12-pjrt", "libtpu"):
+        try:
+            versions[distribution] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
 
 
 def _plot(result: dict, path: str) -> None:
@@ -235,15 +363,27 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
+    if args.target:
+        prepare_environment()  # before jax starts its backends
     default = [n for n in IMPLS if not (args.model and n not in MODEL_IMPLS)]  # no torch step
+    default = [n for n in default if not (args.target and n == "torch")]  # not a JAX program
     names, versions, notes = load_impls(args.impls or default)
     device = jax.devices()[0].device_kind
     if not args.layers:
         versions["optax"] = importlib.metadata.version("optax")
+    if args.target:
+        versions.update(_compiler_versions())
     print(f"{', '.join(f'{k} {v}' for k, v in versions.items())}; {device}")
     for note in notes:
         print(note)
     result = {"device": device, "versions": versions}
+    if args.target:
+        result["accelerators"] = _run_accelerators(args, names)
+        if args.json:
+            write_json(result, args.json)
+        if args.plot:
+            plot_accelerators(result["accelerators"], args.plot)
+        return 0
     if not args.model:
         result.update(_run_layers(args, names, copy_bandwidth(10 if args.quick else 30)))
     if not args.layers:

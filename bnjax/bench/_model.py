@@ -69,16 +69,16 @@ class Step:
         return loss
 
 
-def compile_step(model: Model, x: jax.Array, labels: jax.Array) -> Step:
-    """Compiles ``model``'s whole training step under ``jax.jit``.
+def train_step(model: Model) -> Tuple[Callable, Tuple]:
+    """``model``'s whole training step, to be jitted, and its initial carry.
 
     Args:
       model: the network in training mode.
-      x: the NHWC input batch, in the compute dtype.
-      labels: integer class labels.
 
     Returns:
-      The compiled step, with its temporary memory and initial carry.
+      ``(step, carry)``: ``step(params, state, opt_state, x, labels) ->
+      (params, state, opt_state, loss)`` (forward, backward, ``optax.sgd`` with
+      momentum, softmax cross-entropy), and ``(params, state, opt_state)``.
     """
     import optax  # the bench extra's; checked before any work
 
@@ -95,9 +95,26 @@ def compile_step(model: Model, x: jax.Array, labels: jax.Array) -> Step:
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), state, opt_state, loss
 
-    carry = (model.params, model.state, optimizer.init(model.params))
+    return step, (model.params, model.state, optimizer.init(model.params))
+
+
+DONATED = (0, 1, 2)  # the step's params, state and opt_state: updated in place
+
+
+def compile_step(model: Model, x: jax.Array, labels: jax.Array) -> Step:
+    """Compiles ``model``'s whole training step under ``jax.jit``.
+
+    Args:
+      model: the network in training mode.
+      x: the NHWC input batch, in the compute dtype.
+      labels: integer class labels.
+
+    Returns:
+      The compiled step, with its temporary memory and initial carry.
+    """
+    step, carry = train_step(model)
     inputs = (model.layout(x), labels)
-    compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*carry, *inputs).compile()
+    compiled = jax.jit(step, donate_argnums=DONATED).lower(*carry, *inputs).compile()
     memory = compiled.memory_analysis()
     if memory is None:
         raise RuntimeError(f"the {jax.default_backend()} backend reports no compiled memory")

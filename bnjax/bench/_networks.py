@@ -52,6 +52,29 @@ def resnet(kit, x, widths: Tuple[int, ...] = (16, 32, 64), blocks: int = 1):
     return kit.head(x, in_features, CLASSES)
 
 
+def _bottleneck_block(kit, x, in_features: int, width: int, stride: int):
+    """ResNet-50's bottleneck: 1×1 to ``width``, 3×3, 1×1 to 4·width, projected shortcut."""
+    features = 4 * width
+    y = kit.relu(kit.norm(kit.conv(x, in_features, width, 1, 1), width))
+    y = kit.relu(kit.norm(kit.conv(y, width, width, 3, stride), width))
+    y = kit.norm(kit.conv(y, width, features, 1, 1), features)
+    if stride != 1 or in_features != features:
+        x = kit.norm(kit.conv(x, in_features, features, 1, stride), features)
+    return kit.relu(kit.add(y, x))
+
+
+def resnet50_stage(kit, x, width: int = 64, blocks: int = 3, in_features: int = 64):
+    """ResNet-50's conv2_x stage on the stem's output (56×56×64 of a 224×224 image), then a head.
+
+    Three bottleneck blocks of width 64 (256 output channels), the first with a
+    1×1 projection shortcut: 10 convolutions and 10 batch norms.
+    """
+    for _ in range(blocks):
+        x = _bottleneck_block(kit, x, in_features, width, 1)
+        in_features = 4 * width
+    return kit.head(x, in_features, CLASSES)
+
+
 @dataclasses.dataclass(frozen=True)
 class Network:
     """A benchmarked network.
