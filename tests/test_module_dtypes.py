@@ -59,8 +59,10 @@ def test_inexact_dtypes_still_work(front_end):
 
 
 def test_functional_dtypes():
-    with pytest.raises(TypeError, match=r"dtype must be a floating dtype, got int32"):
-        bnjax.init(2, dtype=jnp.int32)
+    for dtype, shown in ((jnp.int32, "int32"), (jnp.bool_, "bool"), (jnp.complex64, "complex64"),
+                         ("not a dtype", "'not a dtype'")):  # fmt: skip
+        with pytest.raises(TypeError, match=rf"dtype must be a floating dtype, got {shown}$"):
+            bnjax.init(2, dtype=dtype)
     params, state = bnjax.init(2)
     with pytest.raises(TypeError, match=r"params\.scale must be floating point, got dtype int32"):
         bnjax.batch_norm(X, params._replace(scale=jnp.ones(2, jnp.int32)), state, True)

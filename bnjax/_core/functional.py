@@ -58,8 +58,12 @@ def init(
 
     """
     shape = feature_shape_from(num_features)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}")
+    try:
+        resolved = jnp.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be a floating dtype, got {dtype!r}") from None
+    if not jnp.issubdtype(resolved, jnp.floating):
+        raise TypeError(f"dtype must be a floating dtype, got {resolved}")
     params = BatchNormParams(
         scale=jnp.ones(shape, dtype) if use_scale else None,
         bias=jnp.zeros(shape, dtype) if use_bias else None,
