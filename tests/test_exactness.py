@@ -135,12 +135,17 @@ def test_second_pass_runs_only_where_the_error_bound_asks_for_it():
 
 
 def test_second_pass_is_a_conditional_in_the_compiled_program():
-    """One conditional (not an unconditional third and fourth reduction) in the forward."""
+    """On XLA:CPU, one conditional (not an unconditional third and fourth reduction).
+
+    The compiled program is read: the choice between the CPU and the accelerator
+    statistics (``lax.platform_dependent``) is resolved at lowering.
+    """
     x = np.zeros((16, 3), np.float32)
     params, state = bnjax.init(3)
     text = (
         jax.jit(bnjax.batch_norm, static_argnames="train")
         .lower(x, params, state, train=True)
+        .compile()
         .as_text()
     )
-    assert text.count("stablehlo.case") + text.count("stablehlo.if") == 1
+    assert text.count(" conditional(") == 1

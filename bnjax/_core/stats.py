@@ -7,21 +7,32 @@ x, and M2 = Σ(x−K)² − (Σ(x−K))²/m. Its cancellation costs a relative e
 of about eps·q, where q = Σ(x−K)²/M2 = 1 + ((K − μ)/σ)², so the method is
 exact exactly when K is within a few σ of the mean, whatever the data.
 
-Two things make that hold for every input, not just typical ones:
+How K is found, and what happens when it is not near the mean, is chosen when
+the program is lowered (``lax.platform_dependent``), because the compilers
+reward opposite things:
 
-1. **A robust shift.** K is the mean of the first slice(s) along the batch
-   axis, taken over at least ``SHIFT_SAMPLE`` elements per feature (one
-   image of a conv activation, eight rows of a dense one). An outlier there
-   moves K by its size divided by the sample, not by its full size.
-2. **A bound that the pass checks itself.** q is known after the pass. Where
-   q > ``MAX_CANCELLATION`` for some feature (an outlier among the first
-   rows, a heavy tail, padding first under a mask), a second pass over x
-   repeats the sums with K replaced by the first pass's mean, which is then
-   within a fraction of σ of μ (q ≈ 1). The second pass runs only then
-   (``lax.cond``; under ``vmap`` a batched predicate evaluates both). So
-   the relative error of the variance is at most about
-   ``MAX_CANCELLATION``·eps times the rounding of a sum of squares, for any
-   order of the elements, any outlier and any offset.
+- **XLA:CPU: checked passes.** K is the mean of the first slice(s) along the
+  batch axis, taken over at least ``SHIFT_SAMPLE`` elements per feature (one
+  image of a conv activation, eight rows of a dense one), so an outlier there
+  moves K by its size divided by the sample. q is known after the pass; where
+  q > ``MAX_CANCELLATION`` for some feature (an outlier among the first rows,
+  a heavy tail, padding first under a mask), a second pass repeats the sums
+  around the first pass's mean, which is then within a fraction of σ of μ
+  (``lax.cond``; under ``vmap`` a batched predicate evaluates both). The
+  relative error of the variance is then at most about
+  ``MAX_CANCELLATION``·eps for any input. XLA:CPU does not fuse sibling
+  reductions, so optimization barriers give each sum its own read of x.
+- **XLA:GPU and XLA:TPU: one fused pass, no control flow.** A conditional
+  there is counted by the compilers as a second pass and, on GPU, may cost a
+  host synchronization per layer. K is the median of nine elements spread
+  evenly over the batch (Paeth's min/max network, one small kernel), and the
+  two sums are sibling reductions that both compilers fuse into one kernel
+  that reads x once: the forward moves 3|x| (statistics, then x in and y out).
+  The median of a distribution is within one σ of its mean, and a sample
+  median is moved by no outlier unless five of the nine sampled elements are
+  outliers, so q stays near 1 on every input short of one built against these
+  nine positions. Under a mask that leaves none of them valid, K is the mean of
+  the first slices' valid elements, as on XLA:CPU.
 
 The mean is returned twice: rounded (``mean``), and as the shift with the
 exact offset μ − K (``shift``, ``offset``). The transform normalizes relative
@@ -148,18 +159,23 @@ def element_count(
 
 
 def _take(x: jax.Array, index) -> jax.Array:
-    """``x[index]`` for static slices, also when x is sharded with explicit mesh axes.
+    """``x[index]`` for static slices, also when x is sharded with explicit mesh axes."""
+    return _picked(lambda x: x[index], x)
+
+
+def _picked(pick, x: jax.Array) -> jax.Array:
+    """``pick(x)``, a few slices of x, also when x is sharded with explicit mesh axes.
 
     Explicit sharding (``jax.sharding.AxisType.Explicit``) has no rule for a
-    slice of size 1 along a sharded axis; the slice is then taken with the
-    compiler choosing the communication (``auto_axes``) and comes back
+    slice of size 1 along a sharded axis; the slices are then taken with the
+    compiler choosing the communication (``auto_axes``) and come back
     replicated.
     """
     spec = jax.typeof(x).sharding.spec
     if all(part is None for part in spec):
-        return x[index]
-    replicated = jax.sharding.PartitionSpec(*([None] * x.ndim))
-    take = jax.sharding.auto_axes(lambda x: x[index], out_sharding=replicated)
+        return pick(x)
+    replicated = jax.sharding.PartitionSpec(*([None] * (x.ndim + 1)))
+    take = jax.sharding.auto_axes(pick, out_sharding=replicated)
     return cast(jax.Array, take(x))  # auto_axes's annotation also allows a decorator
 
 
@@ -210,25 +226,127 @@ def _centred_sums(x, mask, reduce_axes, shift, count):
     return offset, m2, uncertain
 
 
-def local_moments(
-    x: jax.Array, mask: Optional[jax.Array], reduce_axes: Tuple[int, ...]
-) -> LocalMoments:
-    """(count, K, μ − K, M2) of the elements of real ``x`` on this device.
+def _checked_two_pass(x, mask, reduce_axes, count):
+    """XLA:CPU's statistics: the sums around the first slices' mean, again where needed.
 
-    One pass of two sums around a robust shift; a second pass around the
-    first pass's mean only where the first one's error bound is not met (see
-    the module docstring).
+    Returns ``(shift, offset, m2)``. The second pass around the first pass's
+    mean runs only where the first one's error bound is broken (``lax.cond``).
     """
-    acc = accumulation_dtype(x.dtype)
-    count = element_count(x.shape, mask, reduce_axes, acc)
-    shift = _shift(x, mask, reduce_axes, acc)
+    shift = _shift(x, mask, reduce_axes, count.dtype)
     offset, m2, uncertain = _centred_sums(x, mask, reduce_axes, shift, count)
 
     def again():
         better = lax.stop_gradient(shift + offset)
         return (better,) + _centred_sums(x, mask, reduce_axes, better, count)[:2]
 
-    shift, offset, m2 = lax.cond(uncertain, again, lambda: (shift, offset, m2))
+    return lax.cond(uncertain, again, lambda: (shift, offset, m2))
+
+
+# The comparator pairs of Paeth's median-of-9 network (Graphics Gems, 1990).
+# fmt: off
+_PAETH = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8),
+          (0, 3), (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
+# fmt: on
+
+
+def _median_of_9(v):
+    """The element-wise median of nine arrays: Paeth's network of 19 min/max operations."""
+    v = list(v)
+
+    def order(i, j):
+        v[i], v[j] = jnp.minimum(v[i], v[j]), jnp.maximum(v[i], v[j])
+
+    for i, j in _PAETH:
+        order(i, j)
+    return v[4]
+
+
+def _sample_median(x, mask, reduce_axes, dtype) -> jax.Array:
+    """The per-feature median of nine elements spread over the batch (keepdims).
+
+    Nine evenly spaced indices of the first reduced axis, each at the middle
+    index of the other reduced axes: slices of x that XLA fuses with the
+    min/max network into one small kernel. Masked-out elements enter as +∞
+    and −∞ in turn, so they cancel in the median; ±∞ where the sample has
+    no valid element.
+    """
+    lead = reduce_axes[0]
+
+    def pick(values):
+        for axis in reduce_axes[1:]:  # the middle of each spatial axis
+            if values.shape[axis] != 1:
+                middle = jnp.asarray(values.shape[axis] // 2)
+                values = lax.dynamic_slice_in_dim(values, middle, 1, axis)
+        if values.shape[lead] == 1:  # a mask that broadcasts along the batch
+            return jnp.stack([values] * 9)
+        last = jnp.asarray(values.shape[lead]) - 1  # symbolic sizes allowed
+        rows = [lax.dynamic_slice_in_dim(values, i * last // 8, 1, lead) for i in range(9)]
+        return jnp.stack(rows)
+
+    sample = _picked(pick, x).astype(dtype)
+    if mask is not None:
+        valid = _picked(pick, mask)
+        signs = np.where(np.arange(9) % 2, np.inf, -np.inf).reshape((9,) + (1,) * x.ndim)
+        sample = jnp.where(valid, sample, jnp.asarray(signs, dtype))
+    return _median_of_9(list(sample))
+
+
+def _one_pass(x, mask, reduce_axes, count):
+    """XLA:GPU's and XLA:TPU's statistics: one pass, no control flow.
+
+    The shift is the median of nine elements spread over the batch (under a
+    mask whose sample has no valid element, the mean of the first slices' valid
+    elements); Σ(x−K) and Σ(x−K)² are sibling reductions that XLA:GPU and
+    XLA:TPU fuse into one kernel reading x once. Returns ``(shift, offset, m2)``.
+    """
+    shift = _sample_median(x, mask, reduce_axes, count.dtype)
+    if mask is not None:
+        first = _shift(x, mask, reduce_axes, count.dtype)
+        shift = jnp.where(jnp.isinf(shift), first, shift)
+    # Computed once: XLA:TPU would otherwise repeat the sample (a read of x by its
+    # cost model) in each consumer of the shift.
+    shift = lax.optimization_barrier(lax.stop_gradient(shift))
+    centered = x.astype(shift.dtype) - shift
+    s1 = masked_sum(centered, mask, reduce_axes)
+    s2 = masked_sum(centered * centered, mask, reduce_axes)
+    offset = s1 / safe_count(count)
+    m2 = jnp.maximum(s2 - s1 * offset, jnp.zeros((), s2.dtype))
+    return shift, offset, m2
+
+
+def local_moments(
+    x: jax.Array,
+    mask: Optional[jax.Array],
+    reduce_axes: Tuple[int, ...],
+    one_pass: Optional[bool] = None,
+) -> LocalMoments:
+    """(count, K, μ − K, M2) of the elements of real ``x`` on this device.
+
+    Args:
+      x: real input.
+      mask: optional bool array broadcastable to ``x``.
+      reduce_axes: the axes to reduce over.
+      one_pass: True for the accelerators' single fused pass around the median
+        of a spread sample, False for XLA:CPU's checked passes around the
+        first slices' mean (see the module docstring); None chooses when the
+        program is lowered (``lax.platform_dependent``).
+
+    Returns:
+      ``LocalMoments`` with keepdims shapes.
+    """
+    acc = accumulation_dtype(x.dtype)
+    count = element_count(x.shape, mask, reduce_axes, acc)
+    if not reduce_axes:  # no batch axis: each feature is its own single element
+        shift, offset, m2 = _checked_two_pass(x, mask, reduce_axes, count)
+    elif one_pass is not None:
+        statistics = _one_pass if one_pass else _checked_two_pass
+        shift, offset, m2 = statistics(x, mask, reduce_axes, count)
+    else:
+        shift, offset, m2 = lax.platform_dependent(
+            x, mask, count,
+            cpu=lambda x, mask, count: _checked_two_pass(x, mask, reduce_axes, count),
+            default=lambda x, mask, count: _one_pass(x, mask, reduce_axes, count),
+        )  # fmt: skip
     count = jnp.broadcast_to(count, m2.shape)
     return LocalMoments(count, shift, offset, m2)
 
@@ -292,6 +410,7 @@ def batch_moments(
     reduce_axes: Tuple[int, ...],
     axis_name=None,
     axis_index_groups=None,
+    one_pass: Optional[bool] = None,
 ) -> Moments:
     """Count, mean and biased variance per feature over the reduced axes.
 
@@ -303,6 +422,8 @@ def batch_moments(
       reduce_axes: the batch (and spatial) axes to reduce over.
       axis_name: optional mapped axis (pmap/shard_map/vmap) to reduce across.
       axis_index_groups: optional groups of devices along ``axis_name``.
+      one_pass: which statistics (see ``local_moments``); None chooses by the
+        platform the program is lowered for.
 
     Returns:
       ``Moments`` with keepdims shapes; ``var`` is the biased variance, real.
@@ -316,8 +437,8 @@ def batch_moments(
       (5.0, 0.0)
     """
     if jnp.iscomplexobj(x):
-        return _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups)
-    local = local_moments(x, mask, reduce_axes)
+        return _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups, one_pass)
+    local = local_moments(x, mask, reduce_axes, one_pass)
     if axis_name is None:
         var = local.m2 / safe_count(local.count)
         return Moments(local.count, local.shift + local.offset, var, local.shift, local.offset)
@@ -330,7 +451,7 @@ def batch_moments(
     return Moments(total.count, total.shift + total.offset, var, local.shift, offset)
 
 
-def _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups) -> Moments:
+def _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups, one_pass) -> Moments:
     """Moments of complex x from those of its real and imaginary parts.
 
     The parts become a leading kept axis; the mean is re + i·im and the
@@ -339,7 +460,7 @@ def _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups) -> Mome
     parts = jnp.stack([jnp.real(x), jnp.imag(x)])
     mask = None if mask is None else mask[None]
     axes = tuple(a + 1 for a in reduce_axes)
-    real = batch_moments(parts, mask, axes, axis_name, axis_index_groups)
+    real = batch_moments(parts, mask, axes, axis_name, axis_index_groups, one_pass)
 
     def fold(values):
         return lax.complex(values[0], values[1])

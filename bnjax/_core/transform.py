@@ -4,10 +4,27 @@ Training mode is a ``jax.custom_jvp`` whose tangent is linear in
 (dx, dγ, dβ) and touches x only through products with per-feature vectors,
 computed inside ``jax.checkpoint`` so that the full-size ``x − μ`` is
 recomputed rather than stored. JAX's transposition of that tangent is the
-optimal backward, dx = a·dy + (x−μ)·k₁ + k₀ with per-feature a, k₁, k₀ from
-two fused reductions (Σdy, Σdy·(x−μ)); the residuals are x and per-feature
+optimal backward, dx = a·dy + (x−μ̃)·k₁ + k₀ with per-feature a, k₁, k₀ from
+two fused reductions (Σdy, Σdy·(x−μ̃)); the residuals are x and per-feature
 vectors only. Forward mode and higher-order derivatives keep working because
 the rule is an ordinary differentiable JAX function.
+
+The rule is built twice, with one difference, and the program picks one when
+it is lowered (``lax.platform_dependent``):
+
+- **XLA:CPU** does not fuse sibling reductions; optimization barriers (the
+  checkpoints' own and one in the forward) keep each reduction reading x
+  itself and stop a converted or centred copy of x from being written and
+  shared (see ``stats``).
+- **XLA:GPU and XLA:TPU** fuse sibling reductions over the same input into
+  one kernel, and barriers would split them: the rule is the same without
+  barriers, so the forward is one statistics pass and one output pass (3|x|)
+  and the backward two fused reductions and one output pass.
+
+The backward's reductions centre x on the rounded mean μ̃ rather than on the
+forward's shift K (exact all the same: μ − μ̃ is known without rounding), so
+that nothing makes XLA fuse them with the statistics' own reductions instead
+of with each other.
 """
 
 import functools
@@ -20,10 +37,13 @@ from jax import lax
 from .stats import Moments, batch_moments, global_sum, masked_sum, safe_count
 
 
-@jax.checkpoint
-def centered_product(x: jax.Array, shift: jax.Array, factor: jax.Array) -> jax.Array:
-    """(x − shift)·factor in the dtype of ``shift``, recomputed (not stored) for gradients."""
+def _centered_product(x: jax.Array, shift: jax.Array, factor: jax.Array) -> jax.Array:
+    """(x − shift)·factor in the dtype of ``shift``."""
     return (x.astype(shift.dtype) - shift) * factor.astype(shift.dtype)
+
+
+# Recomputed (not stored) for gradients: the evaluation transform's product.
+centered_product = jax.checkpoint(_centered_product)
 
 
 def _pack(values) -> jax.Array:
@@ -47,7 +67,7 @@ def _unpack(packed: jax.Array, like) -> list:
     return values
 
 
-@functools.partial(jax.checkpoint, static_argnums=(5,))
+@functools.partial(jax.checkpoint, static_argnums=(5,), prevent_cse=False)
 def _tangent_sums(
     dx: jax.Array,
     x: jax.Array,
@@ -61,6 +81,7 @@ def _tangent_sums(
     Σdx·(x − μ) = Σdx·(x − K) − (μ − K)·Σdx: both reductions read x − K, which
     is exact, and the per-feature correction comes after the sums.
     """
+    x, shift, offset, mask = cpu_barrier((x, shift, offset, mask))
     centered = x.astype(shift.dtype) - shift
     sum_dx = masked_sum(dx, mask, reduce_axes)
     sum_dx_centered = masked_sum(jnp.real(jnp.conj(centered) * dx), mask, reduce_axes)
@@ -81,7 +102,12 @@ def normalize_eval(
 
 
 def normalize_relative(
-    x: jax.Array, scale: jax.Array, bias: jax.Array, moments: Moments, epsilon: float
+    x: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    moments: Moments,
+    epsilon: float,
+    product=centered_product,
 ) -> jax.Array:
     """Y = (x − K)·a + (β − (μ − K)·a), a = γ/√(σ² + ε): batch norm relative to the shift.
 
@@ -91,12 +117,51 @@ def normalize_relative(
     factor = scale_over_std(scale, moments.var, epsilon)
     dtype = moments.shift.dtype
     shifted_bias = bias.astype(dtype) - moments.offset * factor.astype(dtype)
-    return (centered_product(x, moments.shift, factor) + shifted_bias).astype(x.dtype)
+    return (product(x, moments.shift, factor) + shifted_bias).astype(x.dtype)
 
 
 def scale_over_std(scale: jax.Array, var: jax.Array, epsilon: float) -> jax.Array:
     """γ/√(σ² + ε), the per-feature factor of the normalization."""
     return scale * lax.rsqrt(var + epsilon)
+
+
+def cpu_barrier(values):
+    """``lax.optimization_barrier(values)`` on XLA:CPU, the identity elsewhere.
+
+    XLA:CPU does not fuse sibling reductions: a barrier keeps each reduction
+    reading x itself instead of sharing a converted or centred copy written to
+    memory. XLA:GPU and XLA:TPU fuse sibling reductions into one kernel, which
+    a barrier would split. Chosen when the program is lowered.
+    """
+    return lax.platform_dependent(values, cpu=lax.optimization_barrier, default=_typed_as_barrier)
+
+
+def _typed_as_barrier(values):
+    """``values`` typed as ``lax.optimization_barrier`` types them (identity in value).
+
+    Under ``shard_map`` a barrier makes every output varying over the mesh axes
+    that any input varies over; both branches of ``cpu_barrier`` must agree.
+    """
+    leaves, tree = jax.tree.flatten(values)
+    varying = [_varying_axes(leaf) for leaf in leaves]
+    union = frozenset().union(*varying)
+    leaves = [
+        lax.pcast(leaf, tuple(sorted(union - axes)), to="varying") if union - axes else leaf
+        for leaf, axes in zip(leaves, varying, strict=True)
+    ]
+    return jax.tree.unflatten(tree, leaves)
+
+
+# The checkpoints place no barrier of their own (``prevent_cse=False``): the
+# functions place XLA:CPU's on their non-tangent inputs (``cpu_barrier``).
+_remat = functools.partial(jax.checkpoint, prevent_cse=False)
+
+
+@_remat
+def _product(x: jax.Array, shift: jax.Array, factor: jax.Array) -> jax.Array:
+    """``_centered_product`` recomputed for gradients, with XLA:CPU's barrier on x and shift."""
+    x, shift = cpu_barrier((x, shift))
+    return _centered_product(x, shift, factor)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7))
@@ -129,10 +194,10 @@ def normalize_train(
 
     """
     moments = batch_moments(x, mask, reduce_axes, axis_name, axis_index_groups)
-    # The barrier keeps XLA from sharing x − K between the variance reduction and
-    # the output, which would write it to memory instead of fusing it into both.
-    x_out, shift = lax.optimization_barrier((x, moments.shift))
-    y = normalize_relative(x_out, scale, bias, moments._replace(shift=shift), epsilon)
+    # XLA:CPU: keeps XLA from sharing x − K between the variance reduction and the
+    # output, which would write it to memory instead of fusing it into both.
+    x_out, shift = cpu_barrier((x, moments.shift))
+    y = normalize_relative(x_out, scale, bias, moments._replace(shift=shift), epsilon, _product)
     return y, moments
 
 
@@ -150,7 +215,7 @@ def _normalize_train_jvp(reduce_axes, epsilon, axis_name, axis_index_groups, pri
     return (y, moments), (dy.astype(y.dtype), dmoments)
 
 
-@functools.partial(jax.checkpoint, static_argnums=(0, 1, 2, 3))
+@functools.partial(_remat, static_argnums=(0, 1, 2, 3))
 def _train_tangent(
     reduce_axes, epsilon, axis_name, axis_index_groups, x, mask, moments, scale, dx, dscale, dbias
 ):
@@ -158,8 +223,11 @@ def _train_tangent(
 
     Under ``jax.checkpoint`` so that what reverse mode keeps is exactly its
     primal inputs (x, the mask, the moments and the scale); the per-feature
-    products are recomputed in the backward.
+    products are recomputed in the backward. The barrier that
+    ``jax.checkpoint`` would place on the full-size inputs is placed on
+    XLA:CPU only.
     """
+    x, mask = cpu_barrier((x, mask))
     dtype = moments.shift.dtype  # the accumulation dtype, complex for complex x
     count = safe_count(moments.count)
     inv_std = lax.rsqrt(moments.var + epsilon)
@@ -181,10 +249,13 @@ def _train_tangent(
         x,
         axis_name,
     )  # fmt: skip
+    # x − μ̃ (μ̃ the rounded mean) rather than the forward's x − K: the backward's two
+    # reductions then share nothing with the statistics' and fuse with each other.
+    rounding = moments.offset - (moments.mean - moments.shift)  # μ − μ̃, exact
     dy = (
         weight.astype(dtype) * dx
-        + centered_product(x, moments.shift, offsets[1])
-        + (offsets[0] - moments.offset * offsets[1])
+        + _product(x, moments.mean, offsets[1])
+        + (offsets[0] - rounding * offsets[1])
     )
     # shift and offset are per device (typed so under shard_map); so are their tangents.
     zero_shift = _per_device(jnp.zeros_like(moments.shift), x, axis_name)
