@@ -128,12 +128,15 @@ def devices(target: str, topology: Optional[str] = None) -> Tuple[Any, ...]:
 
 
 def _gpu_bytes(compiled) -> float:
-    """HloCostAnalysis's bytes accessed, run through the CPU client (the GPU path has none)."""
-    from jax._src.lib import xla_client
+    """HloCostAnalysis's bytes accessed, run through the CPU client (the GPU path has none).
 
+    XLA's C++ cost analysis is reached through jaxlib's extension module, which
+    is not public API (checked with jax 0.10.2).
+    """
+    xla = importlib.import_module("jax._src.lib").xla_client._xla
     module = compiled.runtime_executable().hlo_modules()[0]
     cpu = jax.devices("cpu")[0].client
-    return float(xla_client._xla.hlo_module_cost_analysis(cpu, module)["bytes accessed"])
+    return float(xla.hlo_module_cost_analysis(cpu, module)["bytes accessed"])
 
 
 def _tpu_costs(compiled) -> Tuple[float, Optional[float]]:
