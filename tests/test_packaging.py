@@ -77,6 +77,7 @@ def test_wheel_holds_the_package_license_and_types_and_nothing_from_tests(wheel)
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
     assert "bnjax/py.typed" in names
+    assert "bnjax/bench/targets/h200.txtpb" in names  # the H200 that --target h200 compiles for
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     # Every module of the checkout, the applications included, and nothing outside bnjax/.
     modules = {p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*.py")}
