@@ -18,6 +18,15 @@ HEADER = (
 )
 
 
+_SHORT = {
+    "all-reduce": "AR",
+    "all-gather": "AG",
+    "reduce-scatter": "RS",
+    "all-to-all": "A2A",
+    "collective-permute": "CP",
+}
+
+
 def _impls_in(records: List[Dict]) -> List[str]:
     present = {r["impl"] for r in records}
     return [name for name in ORDER if name in present] + sorted(present - set(ORDER))
@@ -161,14 +170,13 @@ def _scaleout_tables(records: List[Dict]) -> List[str]:
         lambda r: f"{r['collective_bytes'] / 2**10:.1f}",
     )
     lines += _grid(
-        "scale-out: collectives by kind",
+        "scale-out: collectives by kind (AR all-reduce, AG all-gather, RS reduce-scatter, "
+        "A2A all-to-all, CP collective-permute)",
         records,
         keys,
         names,
         lambda r: (
-            ",".join(
-                f"{k.split('-')[-1][:6]}{v['count']}" for k, v in sorted(r["collectives"].items())
-            )
+            " ".join(f"{_SHORT.get(k, k)}{v['count']}" for k, v in sorted(r["collectives"].items()))
             or "0"
         ),
     )
@@ -234,7 +242,7 @@ def plot_accelerators(result: Dict, path: Optional[str] = None):
             (
                 groups,
                 _impls_in(layer),
-                lambda g, n: (by.get((*g, n)) or {}).get("bytes_vs_floor"),
+                lambda g, n, by=by: (by.get((*g, n)) or {}).get("bytes_vs_floor"),
                 "HBM bytes / floor",
                 "layer: HBM bytes over the pass floor (1: at the floor; compiled, not timed)",
             )
@@ -251,7 +259,7 @@ def plot_accelerators(result: Dict, path: Optional[str] = None):
                 (
                     groups,
                     names,
-                    lambda g, n, k=key: (by.get((*g, n)) or {}).get(k),
+                    lambda g, n, k=key, by=by: (by.get((*g, n)) or {}).get(k),
                     f"{label} / flax.linen's",
                     f"training step: {label} over flax.linen's (< 1: less than Flax)",
                 )
@@ -262,7 +270,7 @@ def plot_accelerators(result: Dict, path: Optional[str] = None):
                 (
                     tpu,
                     names,
-                    lambda g, n: (by.get((*g, n)) or {}).get("seconds_vs_flax"),
+                    lambda g, n, by=by: (by.get((*g, n)) or {}).get("seconds_vs_flax"),
                     "TPU cost-model time / flax.linen's",
                     "training step on TPU v5e: the compiler's cost-model time over flax.linen's",
                 )
