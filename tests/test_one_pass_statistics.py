@@ -1,9 +1,10 @@
-"""The accelerators' statistics (one fused pass around a sample median), run here on the CPU.
+"""The accelerators' statistics, run here on the CPU.
 
-XLA:GPU and XLA:TPU programs use ``local_moments(..., one_pass=True)`` (chosen when the program
-is lowered); the arithmetic is the same on every backend, so its exactness is checked here on
-the data of tests/test_exactness.py, at the same tolerances, plus the cases aimed at the sample
-itself. Targets: variance relative error <= 1e-4, y error <= 1e-3 relative to max(1, |y|);
+XLA:GPU programs use ``method="median"`` (one fused pass around a sample median), XLA:TPU
+programs ``method="pairwise"`` (a variadic reduction with Chan's combination), chosen when the
+program is lowered; the arithmetic is the same on every backend, so their exactness is checked
+here on the data of tests/test_exactness.py, at the same tolerances, plus the cases aimed at the
+median's sample. Targets: variance relative error <= 1e-4, y error <= 1e-3 relative to max(1, |y|);
 at offsets of 1e5 and 1e6 std, y error <= 2e-3. All against the float64 oracle.
 """
 
@@ -19,20 +20,22 @@ from test_exactness import _heavy_tailed_nhwc, _outlier_first
 from bnjax._core.stats import _median_of_9, batch_moments, local_moments
 from bnjax._core.transform import normalize_relative
 
+ACCELERATORS = pytest.mark.parametrize("method", ["median", "pairwise"])
 
-@functools.partial(jax.jit, static_argnames="axis")
-def _one_pass(x, mask=None, axis=-1):
-    """(y, variance) with one-pass statistics, γ = 1 and β = 0."""
+
+@functools.partial(jax.jit, static_argnames=("axis", "method"))
+def _one_pass(x, mask=None, axis=-1, method="median"):
+    """(y, variance) with an accelerator's statistics, γ = 1 and β = 0."""
     axis = axis % x.ndim
     reduce_axes = tuple(a for a in range(x.ndim) if a != axis)
-    moments = batch_moments(x, mask, reduce_axes, one_pass=True)
+    moments = batch_moments(x, mask, reduce_axes, method=method)
     one = jnp.ones((), jnp.float32)
     y = normalize_relative(x, one, jnp.zeros((), jnp.float32), moments, 1e-5)
     return y, moments.var
 
 
-def _errors(x, axis=-1, mask=None):
-    y, var = _one_pass(x, mask, axis=axis)
+def _errors(x, method, axis=-1, mask=None):
+    y, var = _one_pass(x, mask, axis=axis, method=method)
     _, mean_ref, var_ref = batch_stats(np.asarray(x, np.float32), axis=axis, mask=mask)
     y_ref = normalize(np.asarray(x, np.float32), mean_ref, var_ref, 1.0, 0.0, 1e-5)
     var_err = np.max(np.abs(np.asarray(var, np.float64) - var_ref) / var_ref)
@@ -42,27 +45,30 @@ def _errors(x, axis=-1, mask=None):
     return var_err, y_err
 
 
-def test_outlier_at_the_first_position():
-    var_err, y_err = _errors(_outlier_first())
+@ACCELERATORS
+def test_outlier_at_the_first_position(method):
+    var_err, y_err = _errors(_outlier_first(), method)
     assert var_err <= 1e-4 and y_err <= 1e-3, (var_err, y_err)
 
 
-def test_outliers_at_four_of_the_nine_sampled_positions():
+@ACCELERATORS
+def test_outliers_at_four_of_the_nine_sampled_positions(method):
     """The median ignores up to four sampled outliers: q stays near 1."""
     x = _outlier_first(rows=20_001, seed=9)
     rows = [i * 20_000 // 8 for i in range(9)]
     x[rows[:4]] = (3e3, -2e3)
-    var_err, y_err = _errors(x)
+    var_err, y_err = _errors(x, method)
     assert var_err <= 1e-4 and y_err <= 1e-3, (var_err, y_err)
 
 
-def test_outlier_at_the_first_valid_position_under_a_mask():
+@ACCELERATORS
+def test_outlier_at_the_first_valid_position_under_a_mask(method):
     x = _outlier_first(seed=2)
     x[:3] = 0.0  # padding first
     x[3] = (4e3, -5e3)
     mask = np.ones((x.shape[0], 1), bool)
     mask[:3] = False
-    var_err, y_err = _errors(x, mask=mask)
+    var_err, y_err = _errors(x, method, mask=mask)
     assert var_err <= 1e-4 and y_err <= 1e-3, (var_err, y_err)
 
 
@@ -71,36 +77,39 @@ def test_a_mask_that_hides_every_sampled_row_falls_back_to_the_first_valid_rows(
     x = (1e4 + np.random.default_rng(10).normal(size=(64, 3))).astype(np.float32)
     mask = np.zeros((64, 1), bool)
     mask[1:7] = True  # none of rows 0, 7, 15, …, 63 (the sample) is valid
-    moments = jax.jit(local_moments, static_argnums=(2, 3))(x, mask, (0,), True)
+    moments = jax.jit(local_moments, static_argnums=(2, 3))(x, mask, (0,), "median")
     np.testing.assert_allclose(moments.shift, x[1:7].mean(0, keepdims=True), rtol=1e-6)
-    var_err, y_err = _errors(x, mask=mask)
+    var_err, y_err = _errors(x, "median", mask=mask)
     assert var_err <= 1e-4 and y_err <= 1e-3, (var_err, y_err)
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
-def test_heavy_tails_with_the_largest_value_first(layout):
+@ACCELERATORS
+def test_heavy_tails_with_the_largest_value_first(layout, method):
     x = _heavy_tailed_nhwc()
     axis = -1
     if layout == "NCHW":
         x, axis = np.ascontiguousarray(np.moveaxis(x, -1, 1)), 1
-    var_err, y_err = _errors(x, axis=axis)
+    var_err, y_err = _errors(x, method, axis=axis)
     assert var_err <= 1e-4 and y_err <= 1e-3, (var_err, y_err)
 
 
 @pytest.mark.parametrize("offset", [1e4, 1e5, 1e6, -1e6])
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
-def test_huge_offsets_keep_y_exact(offset, layout):
+@ACCELERATORS
+def test_huge_offsets_keep_y_exact(offset, layout, method):
     x = (offset + np.random.default_rng(3).normal(size=(8, 4, 4, 3))).astype(np.float32)
     axis = -1
     if layout == "NCHW":
         x, axis = np.ascontiguousarray(np.moveaxis(x, -1, 1)), 1
-    var_err, y_err = _errors(x, axis=axis)
+    var_err, y_err = _errors(x, method, axis=axis)
     assert y_err <= 2e-3 and var_err <= 1e-4, (var_err, y_err)
 
 
-def test_bfloat16_input_with_an_outlier_first():
+@ACCELERATORS
+def test_bfloat16_input_with_an_outlier_first(method):
     x = jnp.asarray(_outlier_first(rows=4096, seed=4)).astype(jnp.bfloat16)
-    var_err, y_err = _errors(x)
+    var_err, y_err = _errors(x, method)
     assert var_err <= 1e-4, var_err
     assert y_err <= 1e-2, y_err  # bfloat16 output rounding: 2^-8 relative
 
@@ -108,7 +117,7 @@ def test_bfloat16_input_with_an_outlier_first():
 def test_the_shift_is_the_median_of_the_nine_sampled_elements():
     """Rows i·(n−1)//8 for i in 0..8, at the middle of each spatial axis."""
     x = np.random.default_rng(11).normal(size=(20, 5, 6, 3)).astype(np.float32)
-    moments = jax.jit(local_moments, static_argnums=(2, 3))(x, None, (0, 1, 2), True)
+    moments = jax.jit(local_moments, static_argnums=(2, 3))(x, None, (0, 1, 2), "median")
     sample = x[[i * 19 // 8 for i in range(9)], 2, 3]
     np.testing.assert_array_equal(np.asarray(moments.shift).reshape(3), np.median(sample, 0))
 
@@ -116,16 +125,17 @@ def test_the_shift_is_the_median_of_the_nine_sampled_elements():
 def test_both_statistics_agree_with_the_oracle_on_ordinary_data():
     x = np.random.default_rng(12).normal(3.0, 2.0, (16, 4, 4, 8)).astype(np.float32)
     _, mean_ref, var_ref = batch_stats(x)
-    for one_pass in (True, False):
-        moments = batch_moments(x, None, (0, 1, 2), one_pass=one_pass)
+    for method in ("checked", "median", "pairwise"):
+        moments = batch_moments(x, None, (0, 1, 2), method=method)
         np.testing.assert_allclose(moments.mean, mean_ref, rtol=1e-6)
         np.testing.assert_allclose(moments.var, var_ref, rtol=1e-5)
 
 
-def test_a_nan_leaves_only_its_own_feature_non_finite():
+@ACCELERATORS
+def test_a_nan_leaves_only_its_own_feature_non_finite(method):
     x = np.random.default_rng(13).normal(size=(32, 3)).astype(np.float32)
     x[5, 1] = np.nan
-    moments = batch_moments(x, None, (0,), one_pass=True)
+    moments = batch_moments(x, None, (0,), method=method)
     assert np.isnan(np.asarray(moments.var)[0, 1])
     np.testing.assert_allclose(np.asarray(moments.var)[0, [0, 2]], x[:, [0, 2]].var(0), rtol=1e-5)
 
@@ -136,3 +146,15 @@ def test_the_min_max_network_is_the_median_of_nine():
     values = np.concatenate([rng.integers(0, 3, (4000, 9)), rng.normal(size=(4000, 9))])
     median = jax.jit(lambda v: _median_of_9(list(v.T)))(jnp.asarray(values, jnp.float32))
     np.testing.assert_array_equal(median, np.median(values, axis=1).astype(np.float32))
+
+
+def test_the_pairwise_mean_keeps_what_float32_rounds_away():
+    """At an offset of 1e6 std the rounded mean is off by up to 1/32 std; mean + its correction
+    is exact to far better than that, in any order of the elements."""
+    rng = np.random.default_rng(15)
+    x = (1e6 + rng.normal(size=(4096, 3))).astype(np.float32)
+    moments = jax.jit(local_moments, static_argnums=(2, 3))(x, None, (0,), "pairwise")
+    exact = x.astype(np.float64).mean(0)
+    total = np.asarray(moments.shift, np.float64) + np.asarray(moments.offset, np.float64)
+    np.testing.assert_allclose(total.ravel(), exact, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(moments.count.ravel(), 4096)

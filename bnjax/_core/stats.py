@@ -7,32 +7,37 @@ x, and M2 = Σ(x−K)² − (Σ(x−K))²/m. Its cancellation costs a relative e
 of about eps·q, where q = Σ(x−K)²/M2 = 1 + ((K − μ)/σ)², so the method is
 exact exactly when K is within a few σ of the mean, whatever the data.
 
-How K is found, and what happens when it is not near the mean, is chosen when
-the program is lowered (``lax.platform_dependent``), because the compilers
-reward opposite things:
+How the sums are taken is chosen when the program is lowered
+(``lax.platform_dependent``), because the three compilers reward different
+things; every method is exact for any input short of the one limit stated:
 
-- **XLA:CPU: checked passes.** K is the mean of the first slice(s) along the
-  batch axis, taken over at least ``SHIFT_SAMPLE`` elements per feature (one
-  image of a conv activation, eight rows of a dense one), so an outlier there
-  moves K by its size divided by the sample. q is known after the pass; where
-  q > ``MAX_CANCELLATION`` for some feature (an outlier among the first rows,
-  a heavy tail, padding first under a mask), a second pass repeats the sums
-  around the first pass's mean, which is then within a fraction of σ of μ
-  (``lax.cond``; under ``vmap`` a batched predicate evaluates both). The
-  relative error of the variance is then at most about
+- **XLA:CPU: checked passes** (``"checked"``). K is the mean of the first
+  slice(s) along the batch axis, taken over at least ``SHIFT_SAMPLE`` elements
+  per feature (one image of a conv activation, eight rows of a dense one), so
+  an outlier there moves K by its size divided by the sample. q is known
+  after the pass; where q > ``MAX_CANCELLATION`` for some feature (an outlier
+  among the first rows, a heavy tail, padding first under a mask), a second
+  pass repeats the sums around the first pass's mean, which is then within a
+  fraction of σ of μ (``lax.cond``; under ``vmap`` a batched predicate
+  evaluates both). The relative error of the variance is then at most about
   ``MAX_CANCELLATION``·eps for any input. XLA:CPU does not fuse sibling
   reductions, so optimization barriers give each sum its own read of x.
-- **XLA:GPU and XLA:TPU: one fused pass, no control flow.** A conditional
-  there is counted by the compilers as a second pass and, on GPU, may cost a
-  host synchronization per layer. K is the median of nine elements spread
-  evenly over the batch (Paeth's min/max network, one small kernel), and the
-  two sums are sibling reductions that both compilers fuse into one kernel
-  that reads x once: the forward moves 3|x| (statistics, then x in and y out).
-  The median of a distribution is within one σ of its mean, and a sample
-  median is moved by no outlier unless five of the nine sampled elements are
-  outliers, so q stays near 1 on every input short of one built against these
-  nine positions. Under a mask that leaves none of them valid, K is the mean of
-  the first slices' valid elements, as on XLA:CPU.
+- **XLA:GPU: one fused pass around a sample median** (``"median"``). A
+  conditional there is counted as a second pass and may cost a host
+  synchronization per layer. K is the median of nine elements spread evenly
+  over the batch (Paeth's min/max network, one small kernel), and the two
+  sums are sibling reductions that XLA:GPU fuses into one kernel reading x
+  once: the forward moves 3|x|. The median of a distribution is within one σ
+  of its mean, and a sample median is moved by no outlier unless five of the
+  nine sampled elements are outliers, so q stays near 1 on every input short
+  of one built against these nine positions. Under a mask that leaves none of
+  them valid, K is the mean of the first slices' valid elements.
+- **XLA:TPU: one pairwise reduction** (``"pairwise"``). A variadic reduction
+  whose combination is Chan's pairwise update of (count, mean, M2), with the
+  mean carried as an unevaluated sum of two floats (TwoSum): exact for any
+  data in any order, with no shift to find and no second pass. XLA:TPU fuses
+  it with x's producer elementwise ops into one read of x (XLA:GPU does not
+  fuse anything into a variadic reduction, hence the median there).
 
 The mean is returned twice: rounded (``mean``), and as the shift with the
 exact offset μ − K (``shift``, ``offset``). The transform normalizes relative
@@ -45,6 +50,8 @@ as exact as local ones. Complex input is reduced as its real and imaginary
 parts (mean complex, variance E|x − μ|² real).
 """
 
+import functools
+import math
 from typing import NamedTuple, Optional, Tuple, cast
 
 import jax
@@ -149,13 +156,20 @@ def element_count(
     x_shape: Tuple[int, ...], mask: Optional[jax.Array], reduce_axes: Tuple[int, ...], dtype
 ) -> jax.Array:
     """Number of valid elements per feature on this device (keepdims)."""
-    sizes = [x_shape[a] for a in reduce_axes]
+    # math.prod keeps symbolic sizes (jax.export) symbolic; jnp.asarray takes both.
     if mask is None:
-        return jnp.asarray(float(np.prod(sizes, dtype=np.int64)), dtype)
+        return _as_array(math.prod(x_shape[a] for a in reduce_axes), dtype)
     # A mask of size 1 along a reduced axis counts once for every index of x there.
-    repeat = np.prod([x_shape[a] for a in reduce_axes if mask.shape[a] == 1], dtype=np.int64)
+    repeat = math.prod(x_shape[a] for a in reduce_axes if mask.shape[a] == 1)
     count = jnp.sum(mask, axis=reduce_axes, keepdims=True, dtype=dtype)
-    return count * jnp.asarray(float(repeat), dtype)
+    return count * _as_array(repeat, dtype)
+
+
+def _as_array(size, dtype) -> jax.Array:
+    """A (possibly symbolic) number of elements as a scalar of ``dtype``."""
+    if isinstance(size, int):
+        return jnp.asarray(float(size), dtype)
+    return jnp.asarray(size).astype(dtype)
 
 
 def _take(x: jax.Array, index) -> jax.Array:
@@ -194,8 +208,11 @@ def _shift(
     if not reduce_axes:  # no batch axis: each feature is its own single element
         return lax.stop_gradient(x.astype(dtype))
     lead = reduce_axes[0]
-    per_row = int(np.prod([x.shape[a] for a in reduce_axes[1:]], dtype=np.int64))
-    rows = min(x.shape[lead], -(-SHIFT_SAMPLE // max(per_row, 1)))
+    per_row = math.prod(x.shape[a] for a in reduce_axes[1:])
+    if isinstance(per_row, int) and isinstance(x.shape[lead], int):
+        rows = min(x.shape[lead], -(-SHIFT_SAMPLE // max(per_row, 1)))
+    else:  # symbolic sizes (jax.export): the first row, which always exists
+        rows = 1
     first = tuple(slice(0, rows) if a == lead else slice(None) for a in range(x.ndim))
     sample = _take(x, first).astype(dtype)
     sample_mask = None if mask is None else _take(mask, first)
@@ -291,13 +308,13 @@ def _sample_median(x, mask, reduce_axes, dtype) -> jax.Array:
     return _median_of_9(list(sample))
 
 
-def _one_pass(x, mask, reduce_axes, count):
-    """XLA:GPU's and XLA:TPU's statistics: one pass, no control flow.
+def _median_pass(x, mask, reduce_axes, count):
+    """XLA:GPU's statistics: one pass, no control flow.
 
     The shift is the median of nine elements spread over the batch (under a
     mask whose sample has no valid element, the mean of the first slices' valid
-    elements); Σ(x−K) and Σ(x−K)² are sibling reductions that XLA:GPU and
-    XLA:TPU fuse into one kernel reading x once. Returns ``(shift, offset, m2)``.
+    elements); Σ(x−K) and Σ(x−K)² are sibling reductions that
+    XLA:GPU fuses into one kernel reading x once. Returns ``(shift, offset, m2)``.
     """
     shift = _sample_median(x, mask, reduce_axes, count.dtype)
     if mask is not None:
@@ -314,11 +331,58 @@ def _one_pass(x, mask, reduce_axes, count):
     return shift, offset, m2
 
 
+def _two_sum(a: jax.Array, b: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    """(s, e) with s = fl(a + b) and s + e = a + b exactly (Knuth's TwoSum)."""
+    s = a + b
+    b_virtual = s - a
+    e = (a - (s - b_virtual)) + (b - b_virtual)
+    return s, e
+
+
+def _chan_combine(a, b):
+    """Chan's pairwise combination of (count, mean, mean's correction, M2) partials.
+
+    The mean is carried as an unevaluated sum m + c (TwoSum), so μ − m is known
+    to about eps² of the mean's size, whatever the offset of the data.
+    """
+    count_a, mean_a, low_a, m2_a = a
+    count_b, mean_b, low_b, m2_b = b
+    count = count_a + count_b
+    weight = count_b / jnp.maximum(count, jnp.ones((), count.dtype))
+    delta = (mean_b - mean_a) + (low_b - low_a)
+    mean, error = _two_sum(mean_a, delta * weight)
+    m2 = m2_a + m2_b + delta * delta * count_a * weight
+    return count, mean, low_a + error, m2
+
+
+def _pairwise_pass(x, mask, reduce_axes, count):
+    """XLA:TPU's statistics: one variadic reduction with Chan's pairwise combination.
+
+    Each element enters as (1, x, 0, 0) (masked out: all 0); the reduction's
+    combination is exact for any data and any order, and depends on nothing
+    computed from x, so XLA:TPU fuses it into the kernel that produces x (a
+    convolution's output). Returns ``(shift, offset, m2)``: the rounded mean,
+    the rest of the mean, M2.
+    """
+    values = x.astype(count.dtype)
+    ones = jnp.ones_like(values)
+    if mask is not None:
+        ones = jnp.broadcast_to(mask, values.shape).astype(values.dtype)
+        values = values * ones
+    zero = jnp.zeros((), values.dtype)
+    zeros = jnp.zeros_like(values)
+    _, mean, low, m2 = lax.reduce(
+        (ones, values, zeros, zeros), (zero, zero, zero, zero), _chan_combine, reduce_axes
+    )
+    keep = lambda v: jnp.expand_dims(v, reduce_axes)  # noqa: E731
+    return lax.stop_gradient(keep(mean)), keep(low), keep(m2)
+
+
 def local_moments(
     x: jax.Array,
     mask: Optional[jax.Array],
     reduce_axes: Tuple[int, ...],
-    one_pass: Optional[bool] = None,
+    method: Optional[str] = None,
 ) -> LocalMoments:
     """(count, K, μ − K, M2) of the elements of real ``x`` on this device.
 
@@ -326,10 +390,11 @@ def local_moments(
       x: real input.
       mask: optional bool array broadcastable to ``x``.
       reduce_axes: the axes to reduce over.
-      one_pass: True for the accelerators' single fused pass around the median
-        of a spread sample, False for XLA:CPU's checked passes around the
-        first slices' mean (see the module docstring); None chooses when the
-        program is lowered (``lax.platform_dependent``).
+      method: ``"checked"`` (XLA:CPU's passes around the first slices' mean),
+        ``"median"`` (XLA:GPU's fused pass around a sample median) or
+        ``"pairwise"`` (XLA:TPU's variadic reduction); see the module
+        docstring. None chooses when the program is lowered
+        (``lax.platform_dependent``).
 
     Returns:
       ``LocalMoments`` with keepdims shapes.
@@ -338,17 +403,25 @@ def local_moments(
     count = element_count(x.shape, mask, reduce_axes, acc)
     if not reduce_axes:  # no batch axis: each feature is its own single element
         shift, offset, m2 = _checked_two_pass(x, mask, reduce_axes, count)
-    elif one_pass is not None:
-        statistics = _one_pass if one_pass else _checked_two_pass
-        shift, offset, m2 = statistics(x, mask, reduce_axes, count)
+    elif method is not None:
+        shift, offset, m2 = METHODS[method](x, mask, reduce_axes, count)
     else:
-        shift, offset, m2 = lax.platform_dependent(
-            x, mask, count,
-            cpu=lambda x, mask, count: _checked_two_pass(x, mask, reduce_axes, count),
-            default=lambda x, mask, count: _one_pass(x, mask, reduce_axes, count),
-        )  # fmt: skip
+        per_platform = {
+            platform: functools.partial(_with_axes, METHODS[method], reduce_axes)
+            for platform, method in (("cpu", "checked"), ("tpu", "pairwise"), ("default", "median"))
+        }
+        shift, offset, m2 = lax.platform_dependent(x, mask, count, **per_platform)
     count = jnp.broadcast_to(count, m2.shape)
     return LocalMoments(count, shift, offset, m2)
+
+
+def _with_axes(statistics, reduce_axes, x, mask, count):
+    """``statistics(x, mask, reduce_axes, count)``, the axes bound first by ``partial``."""
+    return statistics(x, mask, reduce_axes, count)
+
+
+# The statistics each backend's programs use (see the module docstring).
+METHODS = {"checked": _checked_two_pass, "median": _median_pass, "pairwise": _pairwise_pass}
 
 
 def combine_moments(gathered: LocalMoments) -> LocalMoments:
@@ -410,7 +483,7 @@ def batch_moments(
     reduce_axes: Tuple[int, ...],
     axis_name=None,
     axis_index_groups=None,
-    one_pass: Optional[bool] = None,
+    method: Optional[str] = None,
 ) -> Moments:
     """Count, mean and biased variance per feature over the reduced axes.
 
@@ -422,7 +495,7 @@ def batch_moments(
       reduce_axes: the batch (and spatial) axes to reduce over.
       axis_name: optional mapped axis (pmap/shard_map/vmap) to reduce across.
       axis_index_groups: optional groups of devices along ``axis_name``.
-      one_pass: which statistics (see ``local_moments``); None chooses by the
+      method: which statistics (see ``local_moments``); None chooses by the
         platform the program is lowered for.
 
     Returns:
@@ -437,8 +510,8 @@ def batch_moments(
       (5.0, 0.0)
     """
     if jnp.iscomplexobj(x):
-        return _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups, one_pass)
-    local = local_moments(x, mask, reduce_axes, one_pass)
+        return _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups, method)
+    local = local_moments(x, mask, reduce_axes, method)
     if axis_name is None:
         var = local.m2 / safe_count(local.count)
         return Moments(local.count, local.shift + local.offset, var, local.shift, local.offset)
@@ -451,7 +524,7 @@ def batch_moments(
     return Moments(total.count, total.shift + total.offset, var, local.shift, offset)
 
 
-def _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups, one_pass) -> Moments:
+def _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups, method) -> Moments:
     """Moments of complex x from those of its real and imaginary parts.
 
     The parts become a leading kept axis; the mean is re + i·im and the
@@ -460,7 +533,7 @@ def _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups, one_pas
     parts = jnp.stack([jnp.real(x), jnp.imag(x)])
     mask = None if mask is None else mask[None]
     axes = tuple(a + 1 for a in reduce_axes)
-    real = batch_moments(parts, mask, axes, axis_name, axis_index_groups, one_pass)
+    real = batch_moments(parts, mask, axes, axis_name, axis_index_groups, method)
 
     def fold(values):
         return lax.complex(values[0], values[1])

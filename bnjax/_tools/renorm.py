@@ -39,7 +39,8 @@ def renorm_scale_and_bias(
     rounding μ_B: at an offset of 1e6 std the float32-rounded μ_B alone would
     be off by up to 1/32 std.
     """
-    moments = batch_moments(x, mask, reduce_axes, axis_name, axis_index_groups)
+    # r and d are constants for the gradient: nothing differentiates the statistics.
+    moments = batch_moments(lax.stop_gradient(x), mask, reduce_axes, axis_name, axis_index_groups)
     sigma = jnp.sqrt(running_var + epsilon)
     r = jnp.clip(jnp.sqrt(moments.var + epsilon) / sigma, 1 / r_max, r_max)
     # μ_B − μ from the shift and the exact offset: (K − μ) + (μ_B − K), never the
