@@ -5,6 +5,7 @@ costs nothing inside a compiled function. Each error names the argument, what
 was expected and what came.
 """
 
+import math
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
@@ -180,8 +181,9 @@ def layout_of(x: jax.Array, axis: Axis, train: bool) -> Layout:
     reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
     feature_shape = tuple(x.shape[a] for a in feature_axes)
     broadcast_shape = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
-    batch_size = int(np.prod([x.shape[a] for a in reduce_axes], dtype=np.int64))
-    if train and batch_size == 0:
+    # math.prod keeps symbolic sizes (jax.export) symbolic; they are >= 1.
+    batch_size = math.prod(x.shape[a] for a in reduce_axes)
+    if train and isinstance(batch_size, int) and batch_size == 0:
         raise ValueError(
             "training needs a non-empty batch: x with shape "
             f"{x.shape} has 0 elements per feature along the reduced axes {reduce_axes}"

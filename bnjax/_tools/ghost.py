@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+from jax import core as jax_core
 
 from .._core.stats import Moments, unbiased_variance
 from .._core.transform import normalize_train
@@ -30,7 +31,19 @@ def check_virtual_batch_size(size: Optional[int], x: jax.Array, layout: Layout) 
     if not layout.reduce_axes:
         raise ValueError(f"virtual_batch_size needs a batch axis; x has shape {x.shape}")
     batch = x.shape[layout.reduce_axes[0]]
-    if batch % size:
+    try:
+        remainder = batch % size
+        divides = remainder == 0  # with a symbolic batch (jax.export), may not be decidable
+    except jax_core.InconclusiveDimensionOperation:
+        divides = False
+    if not isinstance(batch, int) and not divides:
+        raise ValueError(
+            f"virtual_batch_size={size} must divide the batch axis {layout.reduce_axes[0]} "
+            f"of x, whose size {batch} is symbolic and not known to be a multiple of {size}; "
+            f"export with a batch size declared as one, e.g. "
+            f'jax.export.symbolic_shape("{size}*k, ...")'
+        )
+    if not divides:
         raise ValueError(
             f"virtual_batch_size={size} must divide the batch axis {layout.reduce_axes[0]} "
             f"of x (size {batch}, x.shape={x.shape})"
