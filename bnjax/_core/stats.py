@@ -282,10 +282,11 @@ def _sample_median(x, mask, reduce_axes, dtype) -> jax.Array:
     """The per-feature median of nine elements spread over the batch (keepdims).
 
     Nine evenly spaced indices of the first reduced axis, each at the middle
-    index of the other reduced axes: slices of x that XLA fuses with the
-    min/max network into one small kernel. Masked-out elements enter as +∞
-    and −∞ in turn, so they cancel in the median; ±∞ where the sample has
-    no valid element.
+    index of the other reduced axes, taken by one gather: one small kernel
+    with the min/max network, and over a sharded batch (``jit`` of sharded
+    arrays) one all-reduce of nine values per feature. Masked-out elements
+    enter as +∞ and −∞ in turn, so they cancel in the median; ±∞ where the
+    sample has no valid element.
     """
     lead = reduce_axes[0]
 
@@ -294,11 +295,12 @@ def _sample_median(x, mask, reduce_axes, dtype) -> jax.Array:
             if values.shape[axis] != 1:
                 middle = jnp.asarray(values.shape[axis] // 2)
                 values = lax.dynamic_slice_in_dim(values, middle, 1, axis)
-        if values.shape[lead] == 1:  # a mask that broadcasts along the batch
+        size = values.shape[lead]  # symbolic sizes allowed
+        if isinstance(size, int) and size == 1:  # a mask that broadcasts along the batch
             return jnp.stack([values] * 9)
-        last = jnp.asarray(values.shape[lead]) - 1  # symbolic sizes allowed
-        rows = [lax.dynamic_slice_in_dim(values, i * last // 8, 1, lead) for i in range(9)]
-        return jnp.stack(rows)
+        rows = jnp.arange(9) * (jnp.asarray(size) - 1) // 8
+        picked = jnp.take(values, rows, axis=lead, mode="clip")
+        return jnp.moveaxis(jnp.expand_dims(picked, lead + 1), lead, 0)
 
     sample = _picked(pick, x).astype(dtype)
     if mask is not None:
