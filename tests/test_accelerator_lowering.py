@@ -50,10 +50,10 @@ def test_forward_backward_moves_no_more_than_flax_and_keeps_nothing_full_size(ta
 @needs_compilers
 @pytest.mark.parametrize("target", TARGETS)
 def test_kernel_counts_do_not_grow(target):
-    """Pinned where they are: the forward has one kernel more than Flax's on the H200 (the
-    sample median) and as many on the TPU v5e; the forward+backward has two (H200) and four
-    (TPU v5e) small per-feature kernels more than Flax's, none of which touches x."""
-    expected = {"h200": (6, 11), "tpu-v5e": (5, 11)}[target]
+    """Pinned where they are. H200: one kernel more than Flax's (5 and 9), the sample median,
+    which reads nine elements per feature. TPU v5e: as many as Flax's forward (5) and one
+    fewer than its forward+backward (7)."""
+    expected = {"h200": (6, 10), "tpu-v5e": (5, 6)}[target]
     found = tuple(
         bench.layer_figures(target, "bnjax", "float32", mode)["kernels"]
         for mode in ("fwd", "fwd+bwd")

@@ -233,7 +233,9 @@ def _train_tangent(
     inv_std = lax.rsqrt(moments.var + epsilon)
     dx = dx.astype(dtype)
     local = _tangent_sums(dx, x, moments.shift, moments.offset, mask, reduce_axes)
-    sum_dx, sum_dx_centered = _unpack(global_sum(_pack(local), axis_name, axis_index_groups), local)
+    if axis_name is not None:  # one all-reduce for both sums
+        local = _unpack(global_sum(_pack(local), axis_name, axis_index_groups), local)
+    sum_dx, sum_dx_centered = local
     dmean = sum_dx / count.astype(dtype)
     half_dvar = sum_dx_centered / count  # mean of Re(conj(x − μ)·dx) = dσ²/2
     dinv_std = -jnp.square(inv_std) * inv_std * half_dvar
@@ -241,14 +243,12 @@ def _train_tangent(
     # Grouped so that the transpose needs exactly two reductions, Σdy and Σdy·(x − K),
     # and, across devices, one all-reduce of both: the per-feature tangents meet the
     # per-device data at a single point.
-    offsets = _per_device(
-        jnp.stack([
-            dbias.astype(dtype) - weight.astype(dtype) * dmean,
-            (scale * dinv_std + dscale * inv_std).astype(dtype),
-        ]),
-        x,
-        axis_name,
-    )  # fmt: skip
+    offsets = [
+        dbias.astype(dtype) - weight.astype(dtype) * dmean,
+        (scale * dinv_std + dscale * inv_std).astype(dtype),
+    ]
+    if axis_name is not None:  # stacked: one per-device point, one all-reduce
+        offsets = _per_device(jnp.stack(offsets), x, axis_name)
     # x − μ̃ (μ̃ the rounded mean) rather than the forward's x − K: the backward's two
     # reductions then share nothing with the statistics' and fuse with each other.
     rounding = moments.offset - (moments.mean - moments.shift)  # μ − μ̃, exact
