@@ -107,3 +107,22 @@ def test_nnx_module_exports():
             exported.call(state, x),
             jax.jit(apply)(state, x),
         )
+
+
+def test_one_export_for_every_backend_runs_here_as_the_cpu_lowering():
+    """platforms=("cpu", "cuda", "tpu"): each backend's statistics are lowered into the one
+    artifact (chosen at lowering, lax.platform_dependent); the CPU's, run here, matches jit,
+    and so does the exported gradient."""
+    b, h = export.symbolic_shape("b, h")
+    spec = jax.ShapeDtypeStruct((b, h, 5), jnp.float32)
+    platforms = ("cpu", "cuda", "tpu")
+    exported = export.export(jax.jit(FUNCTIONS["train"]), platforms=platforms)(spec)
+    assert exported.platforms == platforms
+    _same(exported, FUNCTIONS["train"], [(4, 3, 5)])
+
+    def loss(x):
+        return jnp.sum(FUNCTIONS["train"](x)[0] ** 3)
+
+    gradient = export.export(jax.jit(jax.grad(loss)), platforms=platforms)(spec)
+    x = np.random.default_rng(5).normal(3.0, 2.0, (6, 2, 5)).astype(np.float32)
+    np.testing.assert_allclose(gradient.call(x), jax.jit(jax.grad(loss))(x), rtol=1e-5, atol=1e-5)
