@@ -7,11 +7,13 @@ Public API:
   fold_into_linear: fold eval-mode BN into the preceding Dense/Conv.
   BatchNorm (= linen.BatchNorm): the flax.linen module (drop-in for flax.linen.BatchNorm).
   nnx.BatchNorm: the flax.nnx module.
+  equinox.BatchNorm: the Equinox layer (drop-in for equinox.nn.BatchNorm); needs the
+    ``equinox`` extra, so ``equinox`` is not in ``__all__`` (a star import must not need it).
   recompute_population_stats, nnx.recompute_population_stats: precise BN.
 
 The functional core needs JAX only: ``import bnjax`` does not import Flax. The
 Flax front ends (``BatchNorm``, ``linen``, ``nnx``, ``recompute_population_stats``)
-are loaded on first use.
+and the Equinox one (``equinox``) are loaded on first use.
 """
 
 import importlib as _importlib
@@ -25,6 +27,7 @@ from ._core.functional import init as init
 from ._tools.fold import fold_into_linear as fold_into_linear
 
 if _typing.TYPE_CHECKING:  # what the lazy names below are, for type checkers and editors
+    from . import equinox as equinox
     from . import linen as linen
     from . import nnx as nnx
     from ._tools.population import recompute_population_stats as recompute_population_stats
@@ -45,9 +48,10 @@ __all__ = [
     "recompute_population_stats",
 ]
 
-# The names that need Flax: name → (module, attribute or None for the module itself).
+# The names that need Flax (or Equinox): name → (module, attribute or None for the module).
 _LAZY = {
     "BatchNorm": (".linen", "BatchNorm"),
+    "equinox": (".equinox", None),
     "linen": (".linen", None),
     "nnx": (".nnx", None),
     "recompute_population_stats": ("._tools.population", "recompute_population_stats"),
@@ -55,7 +59,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> _typing.Any:
-    """Imports a Flax front end on first access (PEP 562)."""
+    """Imports a Flax or Equinox front end on first access (PEP 562)."""
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module_name, attribute = _LAZY[name]

@@ -4,7 +4,7 @@ import ast
 import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "bnjax"
-FRONT_ENDS = {"bnjax._frontend", "bnjax.linen", "bnjax.nnx"}
+FRONT_ENDS = {"bnjax._frontend", "bnjax.linen", "bnjax.nnx", "bnjax.equinox"}
 APPLICATIONS = ("bnjax.demo", "bnjax.bench")
 # The core's path runs the ghost-batch and renorm steps; nothing else of the tools.
 STEPS_OF_THE_CORE = {"bnjax._tools.ghost", "bnjax._tools.renorm"}
@@ -56,7 +56,7 @@ def test_the_four_kinds_are_folders_or_named_modules():
     assert top == {
         "__init__.py", "py.typed",  # the public names
         "_core", "_tools",  # the library
-        "_frontend.py", "linen.py", "nnx.py",  # the Flax front ends
+        "_frontend.py", "linen.py", "nnx.py", "equinox.py",  # the Flax and Equinox front ends
         "demo", "bench",  # the applications
     }  # fmt: skip
 
@@ -80,7 +80,7 @@ def test_the_tools_build_on_the_core_only():
 def test_the_front_ends_do_no_math_and_the_library_never_imports_its_applications():
     library = {**modules("_core"), **modules("_tools")}
     library.update({module_name(PACKAGE / f): imports_of(PACKAGE / f) for f in (
-        "__init__.py", "_frontend.py", "linen.py", "nnx.py")})  # fmt: skip
+        "__init__.py", "_frontend.py", "linen.py", "nnx.py", "equinox.py")})  # fmt: skip
     for name, imported in library.items():
         assert not any(m.startswith(APPLICATIONS) for m in imported), name
     for name in FRONT_ENDS:

@@ -1,0 +1,248 @@
+"""``bnjax.equinox.BatchNorm``: batch normalization as an Equinox stateful layer."""
+
+import warnings
+from typing import Any, Hashable, Literal, Optional, Sequence, Tuple, Union
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._core import validate
+from ._core.functional import init
+from ._core.options import Options
+from ._frontend import call_core
+
+__all__ = ["BatchNorm"]
+
+AxisName = Union[Hashable, Sequence[Hashable]]
+
+
+class BatchNorm(eqx.nn.StatefulLayer):
+    """Batch normalization (Ioffe & Szegedy, 2015), a drop-in for ``equinox.nn.BatchNorm``.
+
+    The same constructor, fields, state indices and call as Equinox's
+    (``eqx.nn.make_with_state``, ``eqx.nn.inference_mode``, ``eqx.nn.Sequential``
+    and serialisation work unchanged); the computation is bnjax's core
+    (``bnjax.batch_norm``): statistics accumulated in float32 or wider and
+    exact when |mean| ≫ std, a gradient that keeps only x, and the output in
+    x's dtype (bfloat16 and float16 inputs work; the statistics stay float32).
+
+    ``__call__`` takes one example of shape ``(input_size, *spatial)`` (any
+    rank, ``(C,)`` included) inside a ``jax.vmap`` or ``jax.pmap`` named
+    ``axis_name`` (a name, or a tuple of names for nested maps); the
+    statistics are over the named axes and the spatial axes.
+
+    Modes (Equinox's; the state layout is Equinox's too):
+
+    - ``"batch"``: training normalizes with the batch statistics;
+      ``batch_state_index`` holds the running ``(mean, var)``, which after t
+      training steps are the exact momentum-weighted average
+      ``Σ (1−m)·mᵗ⁻ⁱ·sᵢ / (1 − mᵗ)`` of the batch statistics sᵢ seen (the first
+      step stores the first batch's), and ``batch_counter`` the number of
+      steps. (Equinox stores a zero-started average that it divides by
+      1 − mᵗ at inference, with its hidden variance starting at 1; here the
+      stored pair is the average itself, used as it is.)
+    - ``"ema"``: the first training step stores the batch statistics, later
+      ones the exponential moving average; training normalizes with those
+      updated running statistics (Equinox's meaning), and
+      ``ema_first_time_index`` says whether a step has run. The gradient
+      treats the running statistics as constants except on the first step,
+      where it is plain batch norm's (Equinox's also flows through the
+      (1 − momentum) share of the batch in the later steps).
+    - unspecified: ``"ema"`` with Equinox's warning.
+
+    In both modes inference before any training step normalizes with mean 0
+    and variance 1.
+
+    Args:
+      input_size: the number of channels (axis 0 of each example).
+      axis_name: the name(s) of the mapped batch axis or axes.
+      eps: added to the variance.
+      channelwise_affine: whether to learn ``weight`` (γ) and ``bias`` (β).
+      momentum: Equinox's (and Flax's) convention,
+        ``new = momentum·old + (1 − momentum)·batch``; None (``mode="batch"``
+        only) keeps the exact cumulative average of the batch statistics.
+      inference: True normalizes with the running statistics; toggled by
+        ``eqx.nn.inference_mode`` or the call's ``inference``.
+      dtype: dtype of ``weight`` and ``bias`` (default float32, float64 in
+        64-bit mode); the running statistics use it but never narrower than
+        float32.
+      mode: ``"ema"`` or ``"batch"``.
+      unbiased: (bnjax) the running variance receives m/(m−1)·σ²_B, m the
+        number of elements per channel across the batch.
+
+    Not offered (yet): ``axis_index_groups``, ghost batches and renorm (use
+    ``bnjax.batch_norm`` for those), and a mask.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, equinox as eqx, bnjax.equinox
+      >>> bn, state = eqx.nn.make_with_state(bnjax.equinox.BatchNorm)(2, "batch", mode="batch")
+      >>> x = jnp.array([[1.0, 10.0], [3.0, 30.0]])
+      >>> y, state = jax.vmap(bn, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(
+      ...     x, state)
+      >>> y.round(3)
+      Array([[-1., -1.],
+             [ 1.,  1.]], dtype=float32)
+      >>> state.get(bn.batch_state_index)[0]  # the first batch's mean, from the first step
+      Array([ 2., 20.], dtype=float32)
+    """
+
+    weight: Optional[jax.Array]
+    bias: Optional[jax.Array]
+    ema_first_time_index: Optional[eqx.nn.StateIndex]
+    ema_state_index: Optional[eqx.nn.StateIndex]
+    batch_counter: Optional[eqx.nn.StateIndex]
+    batch_state_index: Optional[eqx.nn.StateIndex]
+    axis_name: AxisName
+    inference: bool
+    input_size: int = eqx.field(static=True)
+    eps: float = eqx.field(static=True)
+    channelwise_affine: bool = eqx.field(static=True)
+    momentum: Optional[float] = eqx.field(static=True)
+    mode: Literal["ema", "batch"] = eqx.field(static=True)
+    unbiased: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        input_size: int,
+        axis_name: AxisName,
+        eps: float = 1e-5,
+        channelwise_affine: bool = True,
+        momentum: Optional[float] = 0.99,
+        inference: bool = False,
+        dtype: Any = None,
+        mode: Literal["ema", "batch", "legacy"] = "legacy",
+        *,
+        unbiased: bool = False,
+    ):
+        if mode == "legacy":
+            mode = "ema"
+            warnings.warn(
+                "When `eqx.nn.BatchNorm(..., mode=...)` is unspecified it defaults to "
+                "'ema', for backward compatibility. This typically has a performance "
+                "impact, and for new code the user is encouraged to use 'batch' "
+                "instead. See `https://github.com/patrick-kidger/equinox/issues/659`.",
+                stacklevel=2,
+            )
+        if mode not in {"ema", "batch"}:
+            raise ValueError("Invalid mode, must be 'ema' or 'batch'.")
+        if momentum is None and mode == "ema":
+            raise ValueError(
+                "momentum=None (the exact cumulative average) needs a step count: use "
+                "mode='batch', whose state keeps one"
+            )
+        # The momentum and eps are checked here, once, as the core checks them.
+        Options(momentum=momentum, epsilon=eps, unbiased=unbiased).check()
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        params, stats = init(
+            input_size, dtype=dtype, use_scale=channelwise_affine, use_bias=channelwise_affine
+        )
+        self.weight, self.bias = params.scale, params.bias
+        running = (stats.mean, stats.var)  # mean 0, variance 1: inference before training
+        self.ema_first_time_index = eqx.nn.StateIndex(jnp.array(True)) if mode == "ema" else None
+        self.ema_state_index = eqx.nn.StateIndex(running) if mode == "ema" else None
+        self.batch_counter = (
+            eqx.nn.StateIndex(jnp.zeros((), jnp.result_type(int))) if mode == "batch" else None
+        )
+        self.batch_state_index = eqx.nn.StateIndex(running) if mode == "batch" else None
+        self.mode = mode
+        self.inference = inference
+        self.axis_name = axis_name
+        self.input_size = input_size
+        self.eps = eps
+        self.channelwise_affine = channelwise_affine
+        self.momentum = momentum
+        self.unbiased = unbiased
+
+    def __call__(
+        self,
+        x: jax.Array,
+        state: eqx.nn.State,
+        *,
+        key: Any = None,
+        inference: Optional[bool] = None,
+    ) -> Tuple[jax.Array, eqx.nn.State]:
+        """Normalizes one example; in training, returns the state with updated statistics.
+
+        Args:
+          x: one example, shape ``(input_size, *spatial)``.
+          state: the ``eqx.nn.State`` holding this layer's statistics.
+          key: ignored (Equinox's API).
+          inference: overrides ``self.inference`` for this call when not None.
+
+        Returns:
+          ``(y, state)``: y with x's shape and dtype.
+
+        Raises:
+          NameError: ``axis_name`` (or one of its names) is not bound by an
+            enclosing ``jax.vmap``/``jax.pmap`` (as Equinox's); the message
+            names it.
+          ValueError: x whose axis 0 is not ``input_size``, a scalar x.
+        """
+        del key
+        train = not (self.inference if inference is None else inference)
+        axis_name = _axis_names(self.axis_name)
+        try:
+            validate.check_axis_name(axis_name)
+        except ValueError as error:  # Equinox raises NameError; the message is the core's
+            raise NameError(f"bnjax.equinox.BatchNorm: {error}") from None
+        x = validate.as_array(x, "x")
+        dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.inexact) else None
+
+        def core(mean, var, count, train, momentum):
+            options = Options(
+                axis=0, momentum=momentum, epsilon=self.eps, unbiased=self.unbiased,
+                axis_name=axis_name,
+            )  # fmt: skip
+            # The core combines per-member statistics with implicit rank promotion
+            # (stats.combine_moments), which Equinox's jax_numpy_rank_promotion="raise"
+            # settings reject; allowed here until the core broadcasts explicitly.
+            with jax.numpy_rank_promotion("allow"):
+                return call_core(x, self.weight, self.bias, mean, var, count, train, dtype, options)
+
+        if self.mode == "ema":
+            assert self.ema_state_index is not None and self.ema_first_time_index is not None
+            mean, var = state.get(self.ema_state_index)
+            if not train:
+                return core(mean, var, None, False, self.momentum)[0], state
+            assert self.momentum is not None  # the constructor refuses None in this mode
+            first = state.get(self.ema_first_time_index)
+            # The first step stores the batch's statistics (momentum 0), later ones the EMA.
+            momentum = jnp.where(first, jnp.zeros((), mean.dtype), self.momentum)
+            y_batch, new = core(mean, var, None, True, momentum)
+            y_running, _ = core(new.mean, new.var, None, False, momentum)
+            state = state.set(self.ema_first_time_index, jnp.array(False))
+            state = state.set(self.ema_state_index, (new.mean, new.var))
+            return jnp.where(first, y_batch, y_running), state
+
+        assert self.batch_state_index is not None and self.batch_counter is not None
+        mean, var = state.get(self.batch_state_index)
+        counter = state.get(self.batch_counter)
+        if not train:
+            return core(mean, var, counter, False, self.momentum)[0], state
+        y, new = core(mean, var, counter, True, _average_momentum(self.momentum, counter))
+        state = state.set(self.batch_state_index, (new.mean, new.var))
+        state = state.set(self.batch_counter, new.count)
+        return y, state
+
+
+def _axis_names(axis_name: AxisName) -> Any:
+    """Equinox's ``axis_name`` (a name or a sequence of names) as the core takes it."""
+    if isinstance(axis_name, (list, tuple)):
+        return tuple(axis_name)
+    return axis_name
+
+
+def _average_momentum(momentum: Optional[float], counter: jax.Array) -> Any:
+    """The core's momentum that makes the running statistics the debiased average.
+
+    With t = counter + 1 steps, ``(m − mᵗ)/(1 − mᵗ)`` turns the update
+    ``new = keep·old + (1 − keep)·batch`` into the exact momentum-weighted
+    average ``Σ (1 − m)·mᵗ⁻ⁱ·sᵢ / (1 − mᵗ)``: 0 on the first step, m in the
+    limit. None (the cumulative average) and m ∈ {0, 1} pass unchanged.
+    """
+    if momentum is None or momentum in (0.0, 1.0):
+        return momentum
+    steps = (counter + 1).astype(jnp.float32)
+    power = jnp.power(jnp.asarray(momentum, jnp.float32), steps)
+    return (momentum - power) / (1 - power)
