@@ -194,11 +194,7 @@ class BatchNorm(eqx.nn.StatefulLayer):
                 axis=0, momentum=momentum, epsilon=self.eps, unbiased=self.unbiased,
                 axis_name=axis_name,
             )  # fmt: skip
-            # The core combines per-member statistics with implicit rank promotion
-            # (stats.combine_moments), which Equinox's jax_numpy_rank_promotion="raise"
-            # settings reject; allowed here until the core broadcasts explicitly.
-            with jax.numpy_rank_promotion("allow"):
-                return call_core(x, self.weight, self.bias, mean, var, count, train, dtype, options)
+            return call_core(x, self.weight, self.bias, mean, var, count, train, dtype, options)
 
         if self.mode == "ema":
             assert self.ema_state_index is not None and self.ema_first_time_index is not None

@@ -436,15 +436,16 @@ def combine_moments(gathered: LocalMoments) -> LocalMoments:
       The combined moments, whose ``shift`` is the reference and ``offset``
       the global mean minus it.
     """
-    count = jnp.sum(gathered.count, axis=0)
-    leader = jnp.argmax(gathered.count, axis=0)[None]
-    reference = jnp.take_along_axis(gathered.shift, leader, axis=0)[0]
+    # keepdims along the members' axis: no implicit rank promotion (Equinox's tests raise on it)
+    count = jnp.sum(gathered.count, axis=0, keepdims=True)
+    leader = jnp.argmax(gathered.count, axis=0, keepdims=True)
+    reference = jnp.take_along_axis(gathered.shift, leader, axis=0)
     relative = (gathered.shift - reference) + gathered.offset  # each member's mean − reference
     weights = gathered.count / safe_count(count)
-    offset = jnp.sum(weights * relative, axis=0)
+    offset = jnp.sum(weights * relative, axis=0, keepdims=True)
     spread = gathered.count * jnp.square(relative - offset)
     m2 = jnp.sum(gathered.m2 + spread, axis=0)
-    return LocalMoments(count, reference, offset, m2)
+    return LocalMoments(count[0], reference[0], offset[0], m2)
 
 
 def gather_by_sum(values: jax.Array, axis_name, axis_index_groups=None) -> jax.Array:
