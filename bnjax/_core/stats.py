@@ -188,7 +188,7 @@ def _picked(pick, x: jax.Array) -> jax.Array:
     spec = jax.typeof(x).sharding.spec
     if all(part is None for part in spec):
         return pick(x)
-    replicated = jax.sharding.PartitionSpec(*([None] * (x.ndim + 1)))
+    replicated = jax.sharding.PartitionSpec()  # of any rank: pick's output may add an axis
     take = jax.sharding.auto_axes(pick, out_sharding=replicated)
     return cast(jax.Array, take(x))  # auto_axes's annotation also allows a decorator
 
@@ -322,8 +322,8 @@ def _median_pass(x, mask, reduce_axes, count):
     if mask is not None:
         first = _shift(x, mask, reduce_axes, count.dtype)
         shift = jnp.where(jnp.isinf(shift), first, shift)
-    # Computed once: XLA:TPU would otherwise repeat the sample (a read of x by its
-    # cost model) in each consumer of the shift.
+    # Computed once: a compiler may repeat the sample in each consumer of the shift
+    # (XLA:TPU did, each copy counted as a read of x by its cost model).
     shift = lax.optimization_barrier(lax.stop_gradient(shift))
     centered = x.astype(shift.dtype) - shift
     s1 = masked_sum(centered, mask, reduce_axes)
@@ -361,10 +361,10 @@ def _pairwise_pass(x, mask, reduce_axes, count):
     """XLA:TPU's statistics: one variadic reduction with Chan's pairwise combination.
 
     Each element enters as (1, x, 0, 0) (masked out: all 0); the reduction's
-    combination is exact for any data and any order, and depends on nothing
-    computed from x, so XLA:TPU fuses it into the kernel that produces x (a
-    convolution's output). Returns ``(shift, offset, m2)``: the rounded mean,
-    the rest of the mean, M2.
+    combination is exact for any data and any order and needs no shift, so
+    XLA:TPU reads x once for it (it does not fuse it into a producing
+    convolution's kernel, as it does Flax's plain sums). Returns
+    ``(shift, offset, m2)``: the rounded mean, the rest of the mean, M2.
     """
     values = x.astype(count.dtype)
     ones = jnp.ones_like(values)

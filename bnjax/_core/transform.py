@@ -9,17 +9,18 @@ two fused reductions (Σdy, Σdy·(x−μ̃)); the residuals are x and per-featu
 vectors only. Forward mode and higher-order derivatives keep working because
 the rule is an ordinary differentiable JAX function.
 
-The rule is built twice, with one difference, and the program picks one when
-it is lowered (``lax.platform_dependent``):
+One rule serves every backend; only its optimization barriers depend on the
+platform the program is lowered for (``cpu_barrier``, ``lax.platform_dependent``):
 
-- **XLA:CPU** does not fuse sibling reductions; optimization barriers (the
-  checkpoints' own and one in the forward) keep each reduction reading x
-  itself and stop a converted or centred copy of x from being written and
-  shared (see ``stats``).
+- **XLA:CPU** does not fuse sibling reductions; barriers (where
+  ``jax.checkpoint`` would place its own, and one in the forward) keep each
+  reduction reading x itself and stop a converted or centred copy of x from
+  being written and shared (see ``stats``).
 - **XLA:GPU and XLA:TPU** fuse sibling reductions over the same input into
-  one kernel, and barriers would split them: the rule is the same without
-  barriers, so the forward is one statistics pass and one output pass (3|x|)
-  and the backward two fused reductions and one output pass.
+  one kernel, and barriers would split them: there the checkpoints place none
+  (``prevent_cse=False``), so the forward is one statistics pass and one
+  output pass (3|x|) and the backward two fused reductions and one output
+  pass.
 
 The backward's reductions centre x on the rounded mean μ̃ rather than on the
 forward's shift K (exact all the same: μ − μ̃ is known without rounding), so
@@ -240,7 +241,7 @@ def _train_tangent(
     half_dvar = sum_dx_centered / count  # mean of Re(conj(x − μ)·dx) = dσ²/2
     dinv_std = -jnp.square(inv_std) * inv_std * half_dvar
     weight = scale * inv_std  # = scale_over_std(scale, var, epsilon), reusing inv_std
-    # Grouped so that the transpose needs exactly two reductions, Σdy and Σdy·(x − K),
+    # Grouped so that the transpose needs exactly two reductions, Σdy and Σdy·(x − μ̃),
     # and, across devices, one all-reduce of both: the per-feature tangents meet the
     # per-device data at a single point.
     offsets = [
