@@ -111,3 +111,17 @@ def train_gradients(x, scale, cotangent, *, axis=-1, epsilon=1e-5, mask=None):
     valid = _valid(x, mask)
     dx = scale * inv * (g - valid * (dbias + xhat * dscale) / count)
     return dx, dscale, dbias
+
+
+def renorm(x, params, state, r_max, d_max, axis=-1, mask=None, epsilon=1e-5):
+    """Batch Renormalization (Ioffe, 2017) in float64: (γ·(x̂_B·r + d) + β, r, d)."""
+    _, mean, var = batch_stats(x, axis, mask)
+    shape = mean.shape
+    run_mean = np.asarray(state.mean, np.float64).reshape(shape)
+    sigma = np.sqrt(np.asarray(state.var, np.float64).reshape(shape) + epsilon)
+    r = np.clip(np.sqrt(var + epsilon) / sigma, 1 / r_max, r_max)
+    d = np.clip((mean - run_mean) / sigma, -d_max, d_max)
+    xhat = (np.asarray(x, np.float64) - mean) / np.sqrt(var + epsilon)
+    gamma = np.asarray(params.scale, np.float64).reshape(shape)
+    beta = np.asarray(params.bias, np.float64).reshape(shape)
+    return gamma * (xhat * r + d) + beta, r, d
