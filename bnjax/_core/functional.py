@@ -305,16 +305,16 @@ def normalize(
         )  # fmt: skip
     if options.virtual_batch_size is None:
         y, moments = normalize_train(
-            x, scale, bias, mask, layout.reduce_axes, options.epsilon, options.axis_name,
-            options.axis_index_groups,
+            x, scale, bias, mask, running_mean, layout.reduce_axes, options.epsilon,
+            options.axis_name, options.axis_index_groups,
         )  # fmt: skip
         if options.check_values:
             value_checks.check_batch_stats(moments.mean, moments.var)
         estimate = population_estimate(moments, options.unbiased)
     else:  # ghost batches: the average of the groups' estimates (each group corrected alone)
         y, estimate = normalize_virtual_batches(
-            x, scale, bias, mask, layout, options.virtual_batch_size, options.epsilon,
-            options.unbiased,
+            x, scale, bias, mask, running_mean, layout, options.virtual_batch_size,
+            options.epsilon, options.unbiased,
         )  # fmt: skip
         if options.check_values:
             value_checks.check_batch_stats(estimate.mean, estimate.var)

@@ -35,7 +35,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .stats import Moments, batch_moments, global_sum, masked_sum, safe_count
+from .stats import (
+    Moments,
+    batch_moments,
+    global_sum,
+    masked_sum,
+    safe_count,
+    typed_as_barrier,
+    varying_axes,
+)
 
 
 def _centered_product(x: jax.Array, shift: jax.Array, factor: jax.Array) -> jax.Array:
@@ -134,23 +142,7 @@ def cpu_barrier(values):
     memory. XLA:GPU and XLA:TPU fuse sibling reductions into one kernel, which
     a barrier would split. Chosen when the program is lowered.
     """
-    return lax.platform_dependent(values, cpu=lax.optimization_barrier, default=_typed_as_barrier)
-
-
-def _typed_as_barrier(values):
-    """``values`` typed as ``lax.optimization_barrier`` types them (identity in value).
-
-    Under ``shard_map`` a barrier makes every output varying over the mesh axes
-    that any input varies over; both branches of ``cpu_barrier`` must agree.
-    """
-    leaves, tree = jax.tree.flatten(values)
-    varying = [_varying_axes(leaf) for leaf in leaves]
-    union = frozenset().union(*varying)
-    leaves = [
-        lax.pcast(leaf, tuple(sorted(union - axes)), to="varying") if union - axes else leaf
-        for leaf, axes in zip(leaves, varying, strict=True)
-    ]
-    return jax.tree.unflatten(tree, leaves)
+    return lax.platform_dependent(values, cpu=lax.optimization_barrier, default=typed_as_barrier)
 
 
 # The checkpoints place no barrier of their own (``prevent_cse=False``): the
@@ -165,12 +157,13 @@ def _product(x: jax.Array, shift: jax.Array, factor: jax.Array) -> jax.Array:
     return _centered_product(x, shift, factor)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6, 7, 8))
 def normalize_train(
     x: jax.Array,
     scale: jax.Array,
     bias: jax.Array,
     mask: Optional[jax.Array],
+    hint: Optional[jax.Array],
     reduce_axes: Tuple[int, ...],
     epsilon: float,
     axis_name=None,
@@ -184,6 +177,9 @@ def normalize_train(
       bias: β, broadcastable to ``x``, in the accumulation dtype.
       mask: optional bool array of ``x``'s rank; only True positions enter
         the statistics (every position is normalized).
+      hint: optional per-feature value expected near the batch mean (the
+        running mean), keepdims-shaped; the statistics may centre on it (see
+        ``stats.batch_moments``). Not differentiated.
       reduce_axes: axes the statistics reduce over.
       epsilon: added to the variance.
       axis_name: optional mapped axis to compute the statistics across.
@@ -194,7 +190,9 @@ def normalize_train(
       keepdims-shaped.
 
     """
-    moments = batch_moments(x, mask, reduce_axes, axis_name, axis_index_groups)
+    if hint is not None:
+        hint = lax.stop_gradient(hint)
+    moments = batch_moments(x, mask, reduce_axes, axis_name, axis_index_groups, hint=hint)
     # XLA:CPU: keeps XLA from sharing x − K between the variance reduction and the
     # output, which would write it to memory instead of fusing it into both.
     x_out, shift = cpu_barrier((x, moments.shift))
@@ -204,10 +202,10 @@ def normalize_train(
 
 @normalize_train.defjvp
 def _normalize_train_jvp(reduce_axes, epsilon, axis_name, axis_index_groups, primals, tangents):
-    x, scale, bias, mask = primals
-    dx, dscale, dbias, _ = tangents
+    x, scale, bias, mask, hint = primals
+    dx, dscale, dbias, _, _ = tangents
     y, moments = normalize_train(
-        x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_index_groups
+        x, scale, bias, mask, hint, reduce_axes, epsilon, axis_name, axis_index_groups
     )
     dy, dmoments = _train_tangent(
         reduce_axes, epsilon, axis_name, axis_index_groups,
@@ -276,11 +274,6 @@ def _per_device(values: jax.Array, x: jax.Array, axis_name) -> jax.Array:
     if axis_name is None:
         return values
     names = set(axis_name if isinstance(axis_name, tuple) else (axis_name,))
-    if not names <= _varying_axes(x) or names <= _varying_axes(values):
+    if not names <= varying_axes(x) or names <= varying_axes(values):
         return values
     return lax.pcast(values, axis_name, to="varying")
-
-
-def _varying_axes(value: jax.Array) -> frozenset:
-    """The mesh axes ``shard_map`` types ``value`` as varying over (empty outside it)."""
-    return jax.typeof(value).mat.varying

@@ -55,6 +55,7 @@ def normalize_virtual_batches(
     scale: jax.Array,
     bias: jax.Array,
     mask: Optional[jax.Array],
+    hint: Optional[jax.Array],
     layout: Layout,
     size: int,
     epsilon: float,
@@ -67,6 +68,8 @@ def normalize_virtual_batches(
       scale: γ, broadcastable to x, in the accumulation dtype.
       bias: β, broadcastable to x, in the accumulation dtype.
       mask: optional bool mask of x's rank.
+      hint: optional per-feature value expected near each group's mean (the
+        running mean), broadcastable to x; see ``transform.normalize_train``.
       layout: x's axes (the batch axis is ``layout.reduce_axes[0]``).
       size: examples per virtual batch.
       epsilon: added to the variance.
@@ -92,7 +95,7 @@ def normalize_virtual_batches(
     reduce_axes = tuple(a + (a > batch_axis) for a in layout.reduce_axes if a != batch_axis)
     reduce_axes = tuple(sorted(reduce_axes + (batch_axis + 1,)))
     y, moments = normalize_train(
-        split(x), split(scale), split(bias), split(mask), reduce_axes, epsilon
+        split(x), split(scale), split(bias), split(mask), split(hint), reduce_axes, epsilon
     )
     count, mean, var = (
         jnp.broadcast_to(m, moments.mean.shape) for m in (moments.count, moments.mean, moments.var)

@@ -40,7 +40,9 @@ def renorm_scale_and_bias(
     be off by up to 1/32 std.
     """
     # r and d are constants for the gradient: nothing differentiates the statistics.
-    moments = batch_moments(lax.stop_gradient(x), mask, reduce_axes, axis_name, axis_index_groups)
+    moments = batch_moments(
+        lax.stop_gradient(x), mask, reduce_axes, axis_name, axis_index_groups, hint=running_mean
+    )
     sigma = jnp.sqrt(running_var + epsilon)
     r = jnp.clip(jnp.sqrt(moments.var + epsilon) / sigma, 1 / r_max, r_max)
     # μ_B − μ from the shift and the exact offset: (K − μ) + (μ_B − K), never the
