@@ -99,9 +99,11 @@ from ._accelerators import run_accelerators as run_accelerators
 from ._accelerators_report import HEADER as ACCELERATORS_HEADER
 from ._accelerators_report import format_accelerator_tables as format_accelerator_tables
 from ._accelerators_report import plot_accelerators as plot_accelerators
+from ._compiled import COMMON_PATH as COMMON_PATH
 from ._compiled import LAYER_FLOOR as LAYER_FLOOR
 from ._compiled import LAYER_SHAPE as LAYER_SHAPE
 from ._compiled import STEP_NETWORKS as STEP_NETWORKS
+from ._compiled import common_path as common_path
 from ._compiled import layer_figures as layer_figures
 from ._compiled import scaleout_figures as scaleout_figures
 from ._compiled import step_figures as step_figures

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ._compiled import (
+    COMMON_PATH,
     LAYER_FLOOR,
     LAYER_MODES,
     LAYER_PEERS,
@@ -23,6 +24,7 @@ from ._compiled import (
     lower_layer,
     lower_scaleout,
     lower_step,
+    on_common_path,
 )
 from ._loading import error_text
 from ._model import FLOOR
@@ -80,6 +82,7 @@ def _cases(targets, impls, dtypes, layer_shape, networks, batch, topologies) -> 
                     }
                     lower = functools.partial(lower_layer, target, impl, dtype, mode, layer_shape)
                     cases.append(_Case("layer", fields, lower))
+                    cases += _common_path_case(target, impl, "layer", fields, lower)
     step_impls = list(dict.fromkeys([*(n for n in impls if n in MODEL_IMPLS), FLOOR]))
     for target in targets:
         for network in (n for n in networks if target in STEP_NETWORKS[n].targets):
@@ -94,6 +97,7 @@ def _cases(targets, impls, dtypes, layer_shape, networks, batch, topologies) -> 
                     }
                     lower = functools.partial(lower_step, target, impl, dtype, network, batch)
                     cases.append(_Case("step", fields, lower))
+                    cases += _common_path_case(target, impl, "step", fields, lower)
     for target in targets:
         for topology in topologies(target):
             for impl in (n for n in SCALEOUT_IMPLS if n in impls):
@@ -109,6 +113,14 @@ def _cases(targets, impls, dtypes, layer_shape, networks, batch, topologies) -> 
                 )
                 cases.append(_Case("scaleout", fields, lower))
     return cases
+
+
+def _common_path_case(target, impl, kind, fields, lower) -> List[_Case]:
+    """The case again for bnjax on a TPU, without its statistics' second pass (``common_path``)."""
+    if impl != "bnjax" or TARGETS[target].platform != "tpu":
+        return []
+    common = functools.partial(on_common_path, lower)
+    return [_Case(kind, {**fields, "impl": COMMON_PATH}, common)]
 
 
 def _where(case: _Case) -> str:

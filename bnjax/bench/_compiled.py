@@ -8,6 +8,7 @@ arguments, and reads the compiled program's figures. Nothing runs and no
 device is needed; the figures are deterministic.
 """
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from .._core import stats
 from . import _hlo, _targets
 from ._model import DONATED, MODEL_IMPLS, train_step
 from ._networks import NETWORKS, Network, resnet50_stage
@@ -33,6 +35,8 @@ from ._timing import DTYPES
 
 Lowered = Tuple[Any, Callable]  # (jax's Lowered program, finish(compiled) -> figures)
 REFERENCE = "flax.linen"  # every ratio is against flax.linen.BatchNorm with its defaults
+# bnjax compiled as it runs when its TPU statistics need no second pass (``common_path``).
+COMMON_PATH = "bnjax, common path"
 LAYER_SHAPE = (64, 56, 56, 256)  # NHWC: a ResNet-50 conv2_x activation at batch 64
 LAYER_MODES = ("fwd", "fwd+bwd")
 # The bytes batch norm must move, in units of |x| (x's bytes). Forward: read x for the
@@ -290,3 +294,34 @@ def lower_scaleout(
         }
 
     return lowered, finish
+
+
+@contextlib.contextmanager
+def common_path():
+    """Lowers bnjax's XLA:TPU statistics without their rarely taken second pass.
+
+    A compiled program's figures count a conditional's branch as if it ran. The
+    TPU's statistics (``stats._running_pass``) centre their sums on the
+    running mean and run a second pass only where its error bound is broken
+    (the first steps on offset data, a shift in the data). Programs lowered
+    inside this context are the path that runs otherwise, reported beside the
+    whole program's figures. Other backends' programs are unchanged.
+    """
+    whole = stats.METHODS["running"]
+
+    def first_pass(x, mask, reduce_axes, count, hint=None):
+        if hint is None:
+            return whole(x, mask, reduce_axes, count, hint)
+        return stats.running_first_pass(x, mask, reduce_axes, count, hint)[:3]
+
+    stats.METHODS["running"] = first_pass
+    try:
+        yield
+    finally:
+        stats.METHODS["running"] = whole
+
+
+def on_common_path(lower: Callable[[], Lowered]) -> Lowered:
+    """``lower()`` inside ``common_path``: the lowered program and its ``finish``."""
+    with common_path():
+        return lower()
