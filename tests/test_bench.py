@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bnjax import bench
+from bnjax._extras import install_command
 
 TINY = (16, 4, 4, 8)  # big enough that per-feature vectors are < 5% of x
 TOP_MODULE = {name: impl.module.split(".")[0] for name, impl in bench.IMPLS.items()}
@@ -97,7 +98,8 @@ def test_missing_dependencies_stop_before_any_work(args, missing, monkeypatch, c
         bench.main(args)
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
-    assert missing in err and 'pip install "bnjax[bench]"' in err
+    assert missing in err and err.endswith(install_command("bench"))
+    assert 'pip install -e "' in err  # this checkout: an editable install of the extra
 
 
 def test_help_is_plain_text(capsys):
@@ -106,6 +108,8 @@ def test_help_is_plain_text(capsys):
     out = capsys.readouterr().out
     assert exit_info.value.code == 0 and "--model" in out and "training step" in out
     assert "``" not in out and "::" not in out
+    assert install_command("bench") in out
+    assert "bnjax[bench]" not in out  # not published: that command cannot work
 
 
 @pytest.mark.parametrize(

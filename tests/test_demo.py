@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import pathlib
 import re
 import struct
 import subprocess
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from bnjax import demo
+from bnjax._extras import install_command
 
 IDX_CODES = {np.dtype("u1"): 0x08, np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D}
 
@@ -247,7 +249,7 @@ def test_main_without_the_demo_extra_stops_before_any_work(
     captured = capsys.readouterr()
     assert exit_info.value.code == 2 and captured.out == ""
     assert captured.err == (
-        f'python -m bnjax.demo needs {named}, not installed here: pip install "bnjax[demo]"\n'
+        f"python -m bnjax.demo needs {named}, not installed here: {install_command('demo')}\n"
     )
     assert not out.exists()  # nothing was done
 
@@ -275,11 +277,13 @@ def test_command_line_without_the_demo_extra(tmp_path):
         "runpy.run_module('bnjax.demo', run_name='__main__', alter_sys=True)"
     )
     done = subprocess.run(
-        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
     assert done.returncode == 2 and done.stdout == ""
+    root = pathlib.Path(demo.__file__).resolve().parents[2]  # this checkout, not the cwd
     assert _without_cuda_loader_log(done.stderr) == [
-        'python -m bnjax.demo needs scikit-learn, not installed here: pip install "bnjax[demo]"'
+        "python -m bnjax.demo needs scikit-learn, not installed here: "
+        f'pip install -e "{root}[demo]"'
     ]
     assert not (tmp_path / "out").exists()
 
@@ -290,7 +294,8 @@ def test_help_is_plain_text(capsys):
     printed = capsys.readouterr().out
     assert exit_info.value.code == 0
     assert "``" not in printed and "::" not in printed  # no reStructuredText markup
-    assert "DIR/results.json" in printed and 'pip install "bnjax[demo]"' in printed
+    assert "DIR/results.json" in printed and install_command("demo") in printed
+    assert 'pip install -e ".[demo]"' in printed and "bnjax[demo]" not in printed
     assert "(default: 50000)" in printed
 
 

@@ -75,10 +75,10 @@ jax's version); a missing one stops the run before any work.
 Without ``--model`` or ``--layers`` both benchmarks run. A run needs every
 peer it times (all JAX peers by default, or those ``--impls`` names), optax
 for the training step and, for ``--plot``, matplotlib; anything missing stops
-it before any work with exit code 2 and the extra to install
-(``pip install "bnjax[bench]"``). torch is optional and skipped with a note
-when absent. ``--json`` is strict JSON: a
-value that does not exist is ``null``.
+it before any work with exit code 2 and the command that installs the bench
+extra (in a checkout, ``pip install -e ".[bench]"``). torch is optional and
+skipped with a note when absent. ``--json`` is strict JSON: a value that does
+not exist is ``null``.
 
 Usage::
 
@@ -105,7 +105,7 @@ from ._compiled import STEP_NETWORKS as STEP_NETWORKS
 from ._compiled import layer_figures as layer_figures
 from ._compiled import scaleout_figures as scaleout_figures
 from ._compiled import step_figures as step_figures
-from ._deps import missing_message, missing_modules
+from ._deps import EXTRA_HINT, missing_message, missing_modules
 from ._json import strict as strict
 from ._json import write_json as write_json
 from ._model import FLOOR as FLOOR
@@ -187,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bnjax.bench",
         description=plain_text((__doc__ or "").split("Usage::")[0]),
+        epilog=f"The bench extra, for this copy of bnjax: {EXTRA_HINT}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="small shapes and few repetitions")

@@ -16,7 +16,9 @@ without batch norm from the same initialization, then writes
 
 and prints a short table. The data is scikit-learn's handwritten digits
 (ships offline), or MNIST with --mnist DIR pointing at its IDX files.
-Needs the demo extra: pip install "bnjax[demo]".
+Needs the demo extra (optax, scikit-learn, matplotlib): in a checkout,
+pip install -e ".[demo]"; where bnjax came from a wheel file,
+pip install "path/to/the.whl[demo]".
 """
 
 import argparse
@@ -27,6 +29,7 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from .._extras import install_command
 from ._data import Dataset, load_digits, load_mnist, read_idx
 from ._experiment import PERCENTILES, ExperimentConfig, check_config, run_experiment
 
@@ -244,6 +247,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bnjax.demo",
         description=__doc__,  # plain text, printed as written
+        epilog=f"The demo extra, for this copy of bnjax: {install_command('demo')}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = ExperimentConfig()
@@ -269,7 +273,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.exit(
             2,
             f"python -m bnjax.demo needs {' and '.join(missing)}, not installed here: "
-            'pip install "bnjax[demo]"\n',
+            f"{install_command('demo')}\n",
         )
     if args.steps < 1:
         parser.error(f"--steps must be a positive integer, got {args.steps}")
