@@ -5,6 +5,7 @@ Public API:
   BatchNormParams, BatchNormState: its parameter and statistics containers.
   batch_renorm: Batch Renormalization (Ioffe, 2017).
   fold_into_linear: fold eval-mode BN into the preceding Dense/Conv.
+  from_torch: Flax variables from a PyTorch BatchNorm1d/2d/3d state dict.
   BatchNorm (= linen.BatchNorm): the flax.linen module (drop-in for flax.linen.BatchNorm).
   nnx.BatchNorm: the flax.nnx module.
   equinox.BatchNorm: the Equinox layer (drop-in for equinox.nn.BatchNorm); needs the
@@ -25,6 +26,7 @@ from ._core.functional import batch_norm as batch_norm
 from ._core.functional import batch_renorm as batch_renorm
 from ._core.functional import init as init
 from ._tools.fold import fold_into_linear as fold_into_linear
+from ._tools.pytorch import from_torch as from_torch
 
 if _typing.TYPE_CHECKING:  # what the lazy names below are, for type checkers and editors
     from . import equinox as equinox
@@ -42,6 +44,7 @@ __all__ = [
     "batch_norm",
     "batch_renorm",
     "fold_into_linear",
+    "from_torch",
     "init",
     "linen",
     "nnx",

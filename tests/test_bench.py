@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bnjax import bench
+from bnjax._extras import install_command
 
 TINY = (16, 4, 4, 8)  # big enough that per-feature vectors are < 5% of x
 TOP_MODULE = {name: impl.module.split(".")[0] for name, impl in bench.IMPLS.items()}
@@ -42,8 +43,8 @@ def test_bench_writes_records_table_and_plot(tmp_path, monkeypatch, capsys):
         configs = {(r["dtype"], r["mode"]) for r in records if r["impl"] == impl}
         assert configs == {(d, m) for d in ("float32", "bfloat16") for m in bench.MODES}
     assert all(r["shape"] == list(TINY) and r["median_ms"] > 0 for r in records)
-    assert all(r["bandwidth_fraction"] > 0 for r in records)
-    assert result["copy_bandwidth_gbps"] > 0 and result["device"]
+    assert all(0 < r["bandwidth_fraction"] <= 1 and r["copy_gbps"] > 0 for r in records)
+    assert result["copy_bandwidth_method"] == bench.COPY_METHOD and result["device"]
     assert {"jax", "jaxlib", "flax"} <= set(result["versions"])
     saved = {(r["impl"], r["dtype"]): r["saved_bytes_ratio"] for r in records}
     assert saved[("flax.linen", "float32")] >= 1.9  # Flax keeps two float32 copies of x
@@ -97,7 +98,8 @@ def test_missing_dependencies_stop_before_any_work(args, missing, monkeypatch, c
         bench.main(args)
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
-    assert missing in err and 'pip install "bnjax[bench]"' in err
+    assert missing in err and err.endswith(install_command("bench"))
+    assert 'pip install -e "' in err  # this checkout: an editable install of the extra
 
 
 def test_help_is_plain_text(capsys):
@@ -106,6 +108,43 @@ def test_help_is_plain_text(capsys):
     out = capsys.readouterr().out
     assert exit_info.value.code == 0 and "--model" in out and "training step" in out
     assert "``" not in out and "::" not in out
+    assert "_PASSES" not in out and install_command("bench") in out
+    assert "bnjax[bench]" not in out  # not published: that command cannot work
+
+
+def test_bandwidth_fractions_never_exceed_one():
+    nbytes = 4 << 20
+    medians = {("bnjax", "fwd"): 2.0, ("bnjax", "eval"): 1.0, ("peer", "fwd+bwd"): 8.0}
+    # The copy (2 passes in 1 ms) is the fastest: fractions are each rate over the copy's.
+    fractions, reference, faster = bench.bandwidth_fractions(medians, 1.0, nbytes)
+    assert reference == 2 * nbytes / 1e-3 and faster is None
+    assert fractions == {("bnjax", "fwd"): 0.75, ("bnjax", "eval"): 1.0, ("peer", "fwd+bwd"): 0.5}
+    # A forward that moves its 3 passes faster than the copy moves 2 sets the reference.
+    medians = {("bnjax", "fwd"): 2.0, ("bnjax", "eval"): 2.0}
+    fractions, reference, faster = bench.bandwidth_fractions(medians, 1.6, nbytes)
+    assert faster == ("bnjax", "fwd") and reference == 3 * nbytes / 2e-3
+    assert fractions == {("bnjax", "fwd"): 1.0, ("bnjax", "eval"): pytest.approx(2 / 3)}
+
+
+def test_notes_keep_whole_sentences():
+    error = TypeError(
+        "lax.select requires arguments to have the same dtypes, got float32, bfloat16. (Tip: "
+        "jnp.where is a similar function that does automatic type promotion on inputs).\nmore"
+    )
+    assert bench._loading.error_text(error) == (
+        "TypeError: lax.select requires arguments to have the same dtypes, got float32, bfloat16."
+    )
+    long = ValueError("word " * 50)
+    text = bench._loading.error_text(long, limit=40)
+    assert text == "ValueError: " + "word " * 7 + "word …"
+
+
+@pytest.mark.parametrize("low, high", [(0.7, 3.5), (0.45, 8.0), (0.1, 50.0), (0.9, 1.3)])
+def test_ratio_ticks_are_apart(low, high):
+    ticks = bench._report.ratio_ticks(low, high)
+    assert 1 in ticks and all(low <= t <= high for t in ticks)
+    gaps = np.diff(np.log10(ticks))
+    assert gaps.min() >= np.log10(high / low) / bench._report.MAX_RATIO_TICKS - 1e-12
 
 
 @pytest.mark.parametrize(
@@ -158,7 +197,6 @@ def test_jax_peers_compute_batch_norm(name, train):
 
 
 def test_torch_adapter_runs_and_saves_little():
-    pytest.importorskip("torch")
     x = jnp.asarray(np.random.default_rng(0).normal(3.0, 2.0, TINY), jnp.float32)
     calls, saved = bench.IMPLS["torch"].timed(x, jnp.ones_like(x))
     assert set(calls) == set(bench.MODES)

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import pathlib
 import re
 import struct
 import subprocess
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from bnjax import demo
+from bnjax._extras import install_command
 
 IDX_CODES = {np.dtype("u1"): 0x08, np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D}
 
@@ -247,7 +249,7 @@ def test_main_without_the_demo_extra_stops_before_any_work(
     captured = capsys.readouterr()
     assert exit_info.value.code == 2 and captured.out == ""
     assert captured.err == (
-        f'python -m bnjax.demo needs {named}, not installed here: pip install "bnjax[demo]"\n'
+        f"python -m bnjax.demo needs {named}, not installed here: {install_command('demo')}\n"
     )
     assert not out.exists()  # nothing was done
 
@@ -275,11 +277,13 @@ def test_command_line_without_the_demo_extra(tmp_path):
         "runpy.run_module('bnjax.demo', run_name='__main__', alter_sys=True)"
     )
     done = subprocess.run(
-        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
     assert done.returncode == 2 and done.stdout == ""
+    root = pathlib.Path(demo.__file__).resolve().parents[2]  # this checkout, not the cwd
     assert _without_cuda_loader_log(done.stderr) == [
-        'python -m bnjax.demo needs scikit-learn, not installed here: pip install "bnjax[demo]"'
+        "python -m bnjax.demo needs scikit-learn, not installed here: "
+        f'pip install -e "{root}[demo]"'
     ]
     assert not (tmp_path / "out").exists()
 
@@ -290,7 +294,8 @@ def test_help_is_plain_text(capsys):
     printed = capsys.readouterr().out
     assert exit_info.value.code == 0
     assert "``" not in printed and "::" not in printed  # no reStructuredText markup
-    assert "DIR/results.json" in printed and 'pip install "bnjax[demo]"' in printed
+    assert "DIR/results.json" in printed and install_command("demo") in printed
+    assert 'pip install -e ".[demo]"' in printed and "bnjax[demo]" not in printed
     assert "(default: 50000)" in printed
 
 
@@ -326,10 +331,43 @@ def test_figure_has_labels_a_zoomed_accuracy_panel_and_the_data_set(tmp_path, sh
         without.get_ylabel() == with_bn.get_ylabel() == "input to one sigmoid (last hidden layer)"
     )
     assert all(ax.get_xlabel() == "training steps" for ax in fig.axes)
-    assert accuracy.get_ylim() == (demo.accuracy_floor(short_runs), 1.0)
-    final = min(run["test_accuracy"][-1] for run in short_runs.values())
-    assert accuracy.get_ylim()[0] <= final - 0.05  # both curves' ends are inside the panel
+    # (a) from 0 to 1: both curves' starts show. The baseline is still climbing after 600 steps:
+    # nothing to zoom on (see the next test for the inset).
+    assert accuracy.get_ylim() == (0.0, 1.0)
+    assert demo.accuracy_floor(short_runs) == 0.0 and accuracy.child_axes == []
+    # One style per network in every panel: solid, in the legend's colour.
+    for ax in (accuracy, without, with_bn):
+        assert {line.get_linestyle() for line in ax.lines} == {"-"}
+    assert {line.get_color() for line in without.lines} == {accuracy.lines[0].get_color()}
+    assert {line.get_color() for line in with_bn.lines} == {accuracy.lines[1].get_color()}
+    # Each percentile line is named at its end, and the caption says why (c) starts as (b).
+    for ax in (without, with_bn):
+        assert [t.get_text() for t in ax.texts] == ["15th", "50th", "85th"]
+    caption = fig.get_supxlabel()
+    assert "15th, 50th (thick) and 85th percentiles" in caption
+    assert "(c)'s first point is (b)'s" in caption and "momentum 0.99" in caption
     # One legend for the figure, outside the panels: it covers no curve.
     assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["without BN", "with BN"]
     assert without.get_ylim() == with_bn.get_ylim()  # one scale for (b) and (c)
+
+
+def test_accuracy_inset_zooms_on_where_the_curves_end():
+    steps = [0, 1000, 2000, 3000, 4000]
+    runs = {
+        name: {
+            "step": steps,
+            "test_accuracy": accuracy,
+            "percentiles": {"15": [-1.0] * 5, "50": [0.0] * 5, "85": [1.0] * 5},
+        }
+        for name, accuracy in (
+            ("baseline", [0.1, 0.9, 0.958, 0.96, 0.964]),
+            ("bn", [0.1, 0.97, 0.99, 0.99, 0.992]),
+        )
+    }
+    accuracy = demo.plot_figure1(runs).axes[0]
+    assert accuracy.get_ylim() == (0.0, 1.0)  # the starts at 0.1 show
+    (inset,) = accuracy.child_axes
+    assert inset.get_ylim() == (demo.accuracy_floor(runs), 1.0) == (0.9, 1.0)
+    assert inset.get_xlim() == accuracy.get_xlim()
+    assert [line.get_color() for line in inset.lines] == ["C0", "C1"]

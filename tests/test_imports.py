@@ -26,6 +26,7 @@ NOT_FOR_THE_CORE = (
     "bnjax._tools.population",
     "bnjax.demo",
     "bnjax.bench",
+    "torch",
 )
 
 
@@ -49,6 +50,9 @@ y, state = bnjax.batch_norm(x, params, state, train=True)
 y, _ = jax.jit(bnjax.batch_norm, static_argnames="train")(x, params, state, train=False)
 y, _ = bnjax.batch_renorm(x, params, state, train=True)
 kernel, bias = bnjax.fold_into_linear(jnp.ones((3, 4)), None, params, state)
+torch_layer = {{"weight": params.scale, "bias": params.bias, "running_mean": state.mean,
+               "running_var": state.var}}
+assert bnjax.from_torch(torch_layer)["batch_stats"]["var"].shape == (4,)
 loaded = [m for m in {NOT_FOR_THE_CORE!r} if sys.modules.get(m) is not None]
 assert not loaded, loaded
 """

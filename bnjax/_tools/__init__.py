@@ -4,4 +4,5 @@
 - ``renorm``: Batch Renormalization's r and d (Ioffe, 2017), a step of the core's path.
 - ``population``: population statistics (precise BN) for the Flax modules.
 - ``fold``: folding evaluation-mode batch norm into the preceding Dense/Conv.
+- ``pytorch``: converting a PyTorch batch norm's state dict to Flax variables.
 """

@@ -6,7 +6,7 @@ import numpy as np
 
 from ._compiled import COMMON_PATH
 from ._model_report import COLORS, ORDER
-from ._report import RATIO_TICKS
+from ._report import ratio_axis
 
 HEADER = (
     "Compiled programs, not timings on a device: each case is compiled for the target "
@@ -209,8 +209,6 @@ def format_accelerator_tables(result: Dict) -> str:
 
 def _bars(ax, groups, names, value: Callable, ylabel: str, title: str) -> None:
     """Grouped bars from 1 on a log axis, one colour per implementation."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
         values = np.array([np.nan if (v := value(g, name)) is None else v for g in groups])
@@ -218,11 +216,7 @@ def _bars(ax, groups, names, value: Callable, ylabel: str, title: str) -> None:
         color = COLORS.get(name, "0.55" if name == COMMON_PATH else None)
         ax.bar(x, values - 1, width, bottom=1, label=name, color=color)
     ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(FixedLocator(RATIO_TICKS))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_locator(NullLocator())
-    ax.tick_params(axis="y", labelsize=7)
+    ratio_axis(ax)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.set_xticks(np.arange(len(groups)), ["\n".join(map(str, g)) for g in groups], fontsize=6)

@@ -4,7 +4,9 @@ import importlib.util
 import sys
 from typing import Iterable, List
 
-EXTRA_HINT = 'pip install "bnjax[bench]"'
+from .._extras import install_command
+
+EXTRA_HINT = install_command("bench")  # what installs the bench extra for this copy of bnjax
 
 
 def missing_modules(modules: Iterable[str]) -> List[str]:

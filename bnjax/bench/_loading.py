@@ -1,6 +1,7 @@
 """Importing a peer, and saying why one cannot run."""
 
 import importlib
+import re
 import warnings
 
 
@@ -24,7 +25,28 @@ def import_peer(module: str):
         raise PeerSkipped(f"import failed: {error_text(error)}") from error
 
 
-def error_text(error: Exception) -> str:
-    """The error's type and the start of its first line, for a note."""
+NOTE_CHARACTERS = 160  # a note's error text; longer ones keep whole sentences or words
+
+
+def error_text(error: Exception, limit: int = NOTE_CHARACTERS) -> str:
+    """The error's type and its first line, cut after a sentence (or a word) to fit ``limit``.
+
+    Examples:
+      >>> error_text(TypeError("got float32, bfloat16. (Tip: use jnp.where.)"), limit=30)
+      'TypeError: got float32, bfloat16.'
+      >>> error_text(ValueError("a very long message without an end"), limit=20)
+      'ValueError: a very long message …'
+    """
     lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:160] if lines else ''}"
+    text = lines[0].strip() if lines else ""
+    if len(text) > limit:
+        sentences = re.split(r"(?<=[.!?])\s+", text)
+        kept = ""
+        for sentence in sentences:
+            if len(kept) + len(sentence) + 1 > limit and kept:
+                break
+            kept = f"{kept} {sentence}".strip()
+        if len(kept) > limit:  # a first sentence longer than the limit: whole words
+            kept = kept[: limit + 1].rsplit(" ", 1)[0].rstrip(",;:") + " …"
+        text = kept
+    return f"{type(error).__name__}: {text}"

@@ -5,7 +5,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from ._report import RATIO_TICKS
+from ._report import ratio_axis
 
 FLOOR = "floor"
 ORDER = ("bnjax", "flax.linen", "flax.nnx", "haiku", "equinox", "keras", FLOOR)
@@ -97,7 +97,6 @@ def plot_model_records(records: List[Dict], path: Optional[str] = None, figure=N
       The figure drawn into.
     """
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     names = _impls_in(records)
     groups = list(dict.fromkeys((r["network"], r["dtype"]) for r in records))
@@ -125,11 +124,7 @@ def plot_model_records(records: List[Dict], path: Optional[str] = None, figure=N
             x = np.arange(len(groups)) + offset
             ax.bar(x, values - 1, width, bottom=1, label=name, color=color)
         ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(FixedLocator(RATIO_TICKS))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.yaxis.set_minor_locator(NullLocator())
-        ax.tick_params(axis="y", labelsize=7)
+        ratio_axis(ax)
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=9)
         ax.set_xticks(np.arange(len(groups)), [f"{n}\n{d}" for n, d in groups], fontsize=7)

@@ -9,6 +9,59 @@ from ._modes import ALL_MODES, BACKWARD_PASSES, EVAL_PASSES, FORWARD_PASSES, MOD
 from ._registry import IMPLS
 
 RATIO_TICKS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 5, 7, 10, 20, 50)
+MAX_RATIO_TICKS = 10  # labels at least 1/10 of the axis apart: 7-point labels never touch
+
+
+def ratio_ticks(low: float, high: float, count: int = MAX_RATIO_TICKS) -> List[float]:
+    """The ``RATIO_TICKS`` shown on a log axis from ``low`` to ``high``, apart enough to read.
+
+    1 (or the tick nearest to it), then, going outwards, every candidate at
+    least 1/``count`` of the axis (in log) from the tick before it: the
+    crowded 0.9, 1, 1.1 become 1 alone on a wide axis.
+
+    Examples:
+      >>> ratio_ticks(0.7, 3.5)
+      [0.8, 1, 1.25, 1.5, 2, 3]
+      >>> ratio_ticks(0.95, 1.3)
+      [1, 1.1, 1.25]
+      >>> ratio_ticks(0.1, 50)
+      [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50]
+    """
+    low, high = sorted((low, high))
+    if not 0 < low < high:
+        return [t for t in RATIO_TICKS if low <= t <= high]
+    gap = np.log10(high / low) / count
+    inside = [t for t in RATIO_TICKS if low <= t <= high]
+    if not inside:
+        return []
+    anchor = min(inside, key=lambda t: abs(np.log10(t)))  # 1, or the tick nearest to it
+    shown = [anchor]
+    for side in ([t for t in inside if t > anchor], [t for t in reversed(inside) if t < anchor]):
+        last = anchor
+        for tick in side:
+            if abs(np.log10(tick / last)) >= gap - 1e-12:
+                shown.append(tick)
+                last = tick
+    return sorted(shown)
+
+
+def ratio_axis(ax) -> None:
+    """A log y axis for ratios: ticks from ``ratio_ticks`` for its final limits, plain labels."""
+    from matplotlib.ticker import FuncFormatter, Locator, NullLocator
+
+    class RatioLocator(Locator):
+        def __call__(self):
+            assert self.axis is not None
+            return self.tick_values(*self.axis.get_view_interval())
+
+        def tick_values(self, vmin, vmax):
+            return ratio_ticks(vmin, vmax)
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(RatioLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.tick_params(axis="y", labelsize=7)
 
 
 def record_config(record: Dict) -> Tuple[str, str, str]:
@@ -59,8 +112,9 @@ def format_table(records: List[Dict]) -> str:
         ALL_MODES,
     )
     lines += _grid(
-        f"fraction of copy bandwidth ({FORWARD_PASSES} passes of x fwd, {EVAL_PASSES} eval, "
-        f"{FORWARD_PASSES + BACKWARD_PASSES} fwd+bwd)",
+        f"fraction of copy bandwidth on the same x ({FORWARD_PASSES} passes of x fwd, "
+        f"{EVAL_PASSES} eval, {FORWARD_PASSES + BACKWARD_PASSES} fwd+bwd; 100%: the copy's "
+        "rate, or a faster implementation's)",
         records,
         names,
         lambda r: "-" if r.get("bandwidth_fraction") is None else f"{r['bandwidth_fraction']:.0%}",
@@ -116,7 +170,6 @@ def plot_records(records: List[Dict], path: Optional[str] = None, figure=None):
       The figure drawn into.
     """
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     table = ratios(records)
     peers = [n for n in _impls_in(records) if n != "bnjax"]
@@ -132,11 +185,7 @@ def plot_records(records: List[Dict], path: Optional[str] = None, figure=None):
             offset = (i - (len(peers) - 1) / 2) * width
             ax.bar(np.arange(len(groups)) + offset, values - 1, width, bottom=1, label=peer)
         ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(FixedLocator(RATIO_TICKS))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.yaxis.set_minor_locator(NullLocator())
-        ax.tick_params(axis="y", labelsize=7)
+        ratio_axis(ax)
         ax.set_ylabel("peer time / bnjax time")
         ax.set_title(f"{mode} (> 1: bnjax faster)")
         ax.set_xticks(np.arange(len(groups)), [f"{s}\n{d}" for s, d in groups], fontsize=7)

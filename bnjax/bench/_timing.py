@@ -1,9 +1,9 @@
-"""Timing: the machine's copy bandwidth, and every implementation on every configuration."""
+"""Timing: every implementation, and a copy of the same x, on every configuration."""
 
 import random
 import statistics
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +16,50 @@ from ._registry import IMPLS
 from ._report import ratios, record_config
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-COPY_BYTES = 64 << 20  # the array copied to measure bandwidth: well beyond the CPU caches
-COPY_METHOD = f"jit(x + 1), x donated, {COPY_BYTES >> 20} MiB float32, 2 * bytes / median time"
+COPY = ("copy", "copy")  # the reference call, timed among the implementations' calls
+COPY_PASSES = 2  # x + 1 reads x and writes a new array of its size
+COPY_METHOD = (
+    "jit(x + 1) on each configuration's own x, timed interleaved with the implementations, "
+    "2 passes of x / median time"
+)
+
+
+def bandwidth_fractions(
+    medians_ms: Dict[Tuple[str, str], float], copy_ms: float, nbytes: int
+) -> Tuple[Dict[Tuple[str, str], float], float, Optional[Tuple[str, str]]]:
+    """Each call's share of the fastest rate at which this configuration's bytes moved.
+
+    A call's rate is the bytes batch norm must move in its mode (``PASSES``
+    passes over x's ``nbytes``) over its median time; the copy's, 2 passes
+    over its median time, on the same x, in the same interleaved
+    repetitions (same sizes, caches and load). The reference is the highest
+    of these rates: a call that beats the copy (x staying in cache between
+    its passes) becomes the reference, so no fraction exceeds 1.
+
+    Args:
+      medians_ms: ``(impl, mode) -> median milliseconds``.
+      copy_ms: the copy's median milliseconds.
+      nbytes: x's bytes.
+
+    Returns:
+      ``(fractions, reference_bytes_per_second, faster)``: fractions by
+      ``(impl, mode)``; ``faster`` is the call that set the reference, or
+      None when the copy did.
+
+    Examples:
+      >>> fractions, reference, faster = bandwidth_fractions(
+      ...     {("a", "eval"): 2.0, ("a", "fwd"): 2.0}, copy_ms=1.0, nbytes=10**6)
+      >>> fractions, reference, faster
+      ({('a', 'eval'): 0.5, ('a', 'fwd'): 0.75}, 2000000000.0, None)
+      >>> bandwidth_fractions({("a", "fwd"): 1.0}, copy_ms=1.0, nbytes=10**6)[::2]
+      ({('a', 'fwd'): 1.0}, ('a', 'fwd'))
+    """
+    rates = {key: PASSES[key[1]] * nbytes / (ms / 1e3) for key, ms in medians_ms.items()}
+    reference, faster = COPY_PASSES * nbytes / (copy_ms / 1e3), None
+    for key, rate in rates.items():
+        if rate > reference:
+            reference, faster = rate, key
+    return {key: rate / reference for key, rate in rates.items()}, reference, faster
 
 
 def time_once(fn) -> float:
@@ -25,25 +67,6 @@ def time_once(fn) -> float:
     start = time.perf_counter()
     jax.block_until_ready(fn())
     return (time.perf_counter() - start) * 1e3
-
-
-def copy_bandwidth(repeats: int, nbytes: int = COPY_BYTES) -> float:
-    """The machine's copy bandwidth in bytes per second.
-
-    A jitted ``x + 1`` on a float32 array of ``nbytes`` reads and writes
-    ``nbytes`` each: 2·nbytes / median time over ``repeats`` calls. x is
-    donated, so XLA writes in place: a fresh output that large is mapped page
-    by page by the operating system on every call, which would time page
-    faults (about 5 GB/s on the 2-core development machine, against 23 GB/s).
-    """
-    add_one = jax.jit(lambda x: x + 1, donate_argnums=0)
-    x = jax.block_until_ready(add_one(jnp.zeros(nbytes // 4, jnp.float32)))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        x = jax.block_until_ready(add_one(x))
-        times.append(time.perf_counter() - start)
-    return 2 * x.nbytes / statistics.median(times)
 
 
 def _inputs(shape, dtype_name: str) -> Tuple[jax.Array, jax.Array]:
@@ -89,14 +112,17 @@ def _warm_calls(name: str, shape, dtype_name: str, x, cotangent, failures: Dict)
     return warm, saved
 
 
-def _run_config(shape, dtype_name, repeats, names, bandwidth, failures, bar) -> List[Dict]:
-    """Times every implementation on one shape and dtype; returns its records."""
+def _run_config(shape, dtype_name, repeats, names, failures, notes, bar) -> List[Dict]:
+    """Times every implementation and the copy on one shape and dtype; returns the records."""
     x, cotangent = _inputs(shape, dtype_name)
     calls, saved = {}, {}
     for name in names:
         warm, saved[name] = _warm_calls(name, shape, dtype_name, x, cotangent, failures)
         calls.update({(name, mode): call for mode, call in warm.items()})
         bar.update()
+    copy = jax.jit(lambda x: x + 1)
+    jax.block_until_ready(copy(x))  # compile and warm up
+    calls[COPY] = lambda: copy(x)
     times = {key: [] for key in calls}
     order, rng = list(calls), random.Random(0)
     for _ in range(repeats):  # interleaved repetitions, each in a new order
@@ -104,42 +130,53 @@ def _run_config(shape, dtype_name, repeats, names, bandwidth, failures, bar) -> 
         for key in order:
             times[key].append(time_once(calls[key]))
         bar.update()
-    records = []
-    for (name, mode), samples in times.items():
-        median_ms = statistics.median(samples)
-        records.append(
-            {
-                "impl": name,
-                "shape": list(shape),
-                "dtype": dtype_name,
-                "mode": mode,
-                "median_ms": median_ms,
-                "bandwidth_fraction": PASSES[mode] * x.nbytes / (median_ms / 1e3) / bandwidth,
-                "saved_bytes_ratio": saved[name],
-            }
+    copy_ms = statistics.median(times.pop(COPY))
+    medians = {key: statistics.median(samples) for key, samples in times.items()}
+    fractions, reference, faster = bandwidth_fractions(medians, copy_ms, x.nbytes)
+    copy_gbps = COPY_PASSES * x.nbytes / (copy_ms / 1e3) / 1e9
+    if faster is not None:
+        notes.append(
+            f"{list(shape)} {dtype_name}: {faster[0]} {faster[1]} moved its {PASSES[faster[1]]} "
+            f"passes of x at {reference / 1e9:.1f} GB/s, faster than the copy of the same x "
+            f"({copy_gbps:.1f} GB/s): the fractions there are of that rate"
         )
-    return records
+    return [
+        {
+            "impl": name,
+            "shape": list(shape),
+            "dtype": dtype_name,
+            "mode": mode,
+            "median_ms": median_ms,
+            "copy_gbps": copy_gbps,
+            "bandwidth_fraction": fractions[(name, mode)],
+            "saved_bytes_ratio": saved[name],
+        }
+        for (name, mode), median_ms in medians.items()
+    ]
 
 
-def run(shapes, dtypes, repeats: int, names: Sequence[str], bandwidth: float):
-    """Times the implementations on every shape and dtype.
+def run(shapes, dtypes, repeats: int, names: Sequence[str]):
+    """Times the implementations, and a copy of the same x, on every shape and dtype.
 
     Args:
       shapes: input shapes, NHWC or (batch, features).
       dtypes: keys of ``DTYPES``.
       repeats: timed repetitions of each call, interleaved.
       names: the implementations to time (available ones, keys of ``IMPLS``).
-      bandwidth: the copy bandwidth in bytes per second.
 
     Returns:
       ``(records, notes)``: one record per implementation, shape, dtype and
-      mode that ran (with ``ratio_vs_bnjax``), and a note per error.
+      mode that ran (with ``ratio_vs_bnjax``, ``copy_gbps`` and
+      ``bandwidth_fraction``, see ``bandwidth_fractions``), and a note per
+      error and per configuration where an implementation outran the copy.
     """
-    records, failures = [], {}
+    records, failures, bandwidth_notes = [], {}, []
     with progress(len(shapes) * len(dtypes) * (len(names) + repeats), "layers") as bar:
         for shape in shapes:
             for dtype_name in dtypes:
-                records += _run_config(shape, dtype_name, repeats, names, bandwidth, failures, bar)
+                records += _run_config(
+                    shape, dtype_name, repeats, names, failures, bandwidth_notes, bar
+                )
     table = ratios(records)
     for record in records:
         record["ratio_vs_bnjax"] = table.get(record_config(record), {}).get(record["impl"])
@@ -147,4 +184,4 @@ def run(shapes, dtypes, repeats: int, names: Sequence[str], bandwidth: float):
         f"{name}: nothing recorded on {', '.join(configs)}: {error}"
         for (name, error), configs in failures.items()
     ]
-    return records, notes
+    return records, notes + bandwidth_notes
