@@ -11,8 +11,9 @@ from ._core import validate
 from ._core.functional import init
 from ._core.options import Options
 from ._frontend import call_core
+from ._tools.equinox_models import fold_into_linear, recompute_population_stats
 
-__all__ = ["BatchNorm"]
+__all__ = ["BatchNorm", "fold_into_linear", "recompute_population_stats"]
 
 AxisName = Union[Hashable, Sequence[Hashable]]
 
@@ -71,8 +72,21 @@ class BatchNorm(eqx.nn.StatefulLayer):
       unbiased: (bnjax) the running variance receives m/(m−1)·σ²_B, m the
         number of elements per channel across the batch.
 
-    Not offered (yet): ``axis_index_groups``, ghost batches and renorm (use
-    ``bnjax.batch_norm`` for those), and a mask.
+    bnjax's options after Equinox's: ``momentum=None`` and ``unbiased``
+    (above); the call's ``mask``, which also makes uneven per-device batches
+    (padding masked out) weigh by their valid examples; and, for whole
+    models, ``bnjax.equinox.recompute_population_stats`` and
+    ``bnjax.equinox.fold_into_linear``.
+
+    Not offered, with the reason (``bnjax.batch_norm``/``bnjax.batch_renorm``
+    on the whole batch have them):
+
+    - ``virtual_batch_size`` (ghost batches): the layer sees one example and
+      the batch only as a mapped axis, so it cannot split the batch into groups.
+    - ``axis_index_groups``: JAX's grouped collectives exist under ``pmap``
+      and ``shard_map`` but not under ``vmap``, Equinox's usual batch axis.
+    - renorm (r_max, d_max) and ``check_values``: not wired into this
+      layer's two modes yet.
 
     Examples:
       >>> import jax, jax.numpy as jnp, equinox as eqx, bnjax.equinox
@@ -161,6 +175,7 @@ class BatchNorm(eqx.nn.StatefulLayer):
         *,
         key: Any = None,
         inference: Optional[bool] = None,
+        mask: Any = None,
     ) -> Tuple[jax.Array, eqx.nn.State]:
         """Normalizes one example; in training, returns the state with updated statistics.
 
@@ -169,6 +184,11 @@ class BatchNorm(eqx.nn.StatefulLayer):
           state: the ``eqx.nn.State`` holding this layer's statistics.
           key: ignored (Equinox's API).
           inference: overrides ``self.inference`` for this call when not None.
+          mask: (bnjax) a boolean scalar or array broadcastable to x; only
+            True elements enter the statistics. Under ``jax.vmap``/``jax.pmap``
+            a per-example ``mask`` (False for padding) gives batches of
+            different sizes on different devices, and the statistics weight
+            each device by its number of valid elements.
 
         Returns:
           ``(y, state)``: y with x's shape and dtype.
@@ -176,17 +196,17 @@ class BatchNorm(eqx.nn.StatefulLayer):
         Raises:
           NameError: ``axis_name`` (or one of its names) is not bound by an
             enclosing ``jax.vmap``/``jax.pmap`` (as Equinox's); the message
-            names it.
-          ValueError: x whose axis 0 is not ``input_size``, a scalar x.
+            names it and the call to wrap the layer in.
+          ValueError: x that is a scalar or whose axis 0 is not ``input_size``;
+            a state that holds no statistics for this layer, or statistics of
+            another size (the state of another model).
         """
         del key
         train = not (self.inference if inference is None else inference)
         axis_name = _axis_names(self.axis_name)
-        try:
-            validate.check_axis_name(axis_name)
-        except ValueError as error:  # Equinox raises NameError; the message is the core's
-            raise NameError(f"bnjax.equinox.BatchNorm: {error}") from None
+        _check_bound(axis_name)
         x = validate.as_array(x, "x")
+        self._check_example(x)
         dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.inexact) else None
 
         def core(mean, var, count, train, momentum):
@@ -194,11 +214,13 @@ class BatchNorm(eqx.nn.StatefulLayer):
                 axis=0, momentum=momentum, epsilon=self.eps, unbiased=self.unbiased,
                 axis_name=axis_name,
             )  # fmt: skip
-            return call_core(x, self.weight, self.bias, mean, var, count, train, dtype, options)
+            return call_core(
+                x, self.weight, self.bias, mean, var, count, train, dtype, options, mask
+            )
 
         if self.mode == "ema":
             assert self.ema_state_index is not None and self.ema_first_time_index is not None
-            mean, var = state.get(self.ema_state_index)
+            mean, var = self._statistics(state, self.ema_state_index, "ema_state_index")
             if not train:
                 return core(mean, var, None, False, self.momentum)[0], state
             assert self.momentum is not None  # the constructor refuses None in this mode
@@ -212,7 +234,7 @@ class BatchNorm(eqx.nn.StatefulLayer):
             return jnp.where(first, y_batch, y_running), state
 
         assert self.batch_state_index is not None and self.batch_counter is not None
-        mean, var = state.get(self.batch_state_index)
+        mean, var = self._statistics(state, self.batch_state_index, "batch_state_index")
         counter = state.get(self.batch_counter)
         if not train:
             return core(mean, var, counter, False, self.momentum)[0], state
@@ -221,12 +243,59 @@ class BatchNorm(eqx.nn.StatefulLayer):
         state = state.set(self.batch_counter, new.count)
         return y, state
 
+    def _check_example(self, x: jax.Array) -> None:
+        """Raises unless x is one example ``(input_size, *spatial)``."""
+        if x.ndim == 0 or x.shape[0] != self.input_size:
+            got = "a scalar" if x.ndim == 0 else f"shape {tuple(x.shape)}"
+            raise ValueError(
+                f"bnjax.equinox.BatchNorm(input_size={self.input_size}): x must be one example "
+                f"of shape (input_size, *spatial), channels first, got {got}. Call the layer "
+                "on each example inside jax.vmap (give a batch of vectors the shape (batch, "
+                f"{self.input_size}), and move channels-last data with jnp.moveaxis(x, -1, 0))"
+            )
+
+    def _statistics(self, state: eqx.nn.State, index: eqx.nn.StateIndex, field: str) -> Any:
+        """``(mean, var)`` from ``state``, with an error naming a state of another model."""
+        fix = (
+            "pass the state made with this model: model, state = eqx.nn.make_with_state(Model)(...)"
+        )
+        try:
+            value = state.get(index)
+        except KeyError:
+            raise ValueError(
+                f"bnjax.equinox.BatchNorm(mode={self.mode!r}): the state holds nothing for "
+                f"this layer's {field} ({index.marker!r}): it is the state of another model; " + fix
+            ) from None
+        shapes = [getattr(a, "shape", None) for a in jax.tree.leaves(value)]
+        if len(shapes) != 2 or any(shape != (self.input_size,) for shape in shapes):
+            raise ValueError(
+                f"bnjax.equinox.BatchNorm(input_size={self.input_size}): the state's {field} "
+                f"holds {shapes}, not (mean, var) of shape ({self.input_size},): it is "
+                "another layer's state; " + fix
+            )
+        return value
+
 
 def _axis_names(axis_name: AxisName) -> Any:
     """Equinox's ``axis_name`` (a name or a sequence of names) as the core takes it."""
     if isinstance(axis_name, (list, tuple)):
         return tuple(axis_name)
     return axis_name
+
+
+def _check_bound(axis_name: Any) -> None:
+    """Raises Equinox's NameError, saying which name is unbound and what to wrap the call in."""
+    names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    for name in names:
+        try:
+            jax.lax.axis_size(name)
+        except NameError:
+            raise NameError(
+                f"bnjax.equinox.BatchNorm(axis_name={axis_name!r}): no enclosing mapped axis "
+                f"is named {name!r}. Call the layer on each example inside "
+                f"jax.vmap(layer, axis_name={name!r}, in_axes=(0, None), out_axes=(0, None))"
+                f"(x, state) (or jax.pmap / eqx.filter_vmap with axis_name={name!r})"
+            ) from None
 
 
 def _average_momentum(momentum: Optional[float], counter: jax.Array) -> Any:
@@ -242,3 +311,30 @@ def _average_momentum(momentum: Optional[float], counter: jax.Array) -> Any:
     steps = (counter + 1).astype(jnp.float32)
     power = jnp.power(jnp.asarray(momentum, jnp.float32), steps)
     return (momentum - power) / (1 - power)
+
+
+class _Population(BatchNorm):
+    """A layer's stand-in while ``recompute_population_stats`` runs (bnjax-private).
+
+    Batch mode keeping the exact average of the batch means and of the
+    unbiased batch variances (the core's ``momentum=None, unbiased=True``),
+    with a per-feature count (so that a batch that gave a feature no usable
+    statistics shows) and a count of its training calls.
+    """
+
+    calls: eqx.nn.StateIndex
+
+    def __init__(self, layer: BatchNorm, dtype: Any):
+        super().__init__(
+            layer.input_size, layer.axis_name, layer.eps, layer.channelwise_affine,
+            None, False, dtype, "batch", unbiased=True,
+        )  # fmt: skip
+        self.weight, self.bias = layer.weight, layer.bias
+        self.batch_counter = eqx.nn.StateIndex(jnp.zeros((layer.input_size,), jnp.int32))
+        self.calls = eqx.nn.StateIndex(jnp.zeros((), jnp.int32))
+
+    def __call__(self, x, state, *, key=None, inference=None, mask=None):
+        """Trains unless the call asks for inference, counting the training calls."""
+        if not (self.inference if inference is None else inference):
+            state = state.set(self.calls, state.get(self.calls) + 1)
+        return super().__call__(x, state, key=key, inference=inference, mask=mask)
