@@ -19,7 +19,7 @@ from ._frontend import (
     promote_like_flax_nnx,
     resolve_use_running_average,
 )
-from ._tools.batches import check_contributions, iterate_batches
+from ._tools.population import check_contributions, iterate_batches
 
 
 class BatchNorm(nnx.Module):
