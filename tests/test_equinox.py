@@ -350,3 +350,13 @@ def test_state_round_trips_through_serialisation(tmp_path):
     mean, var = running(bn, state)
     want, _, _ = oracle.reference(x, None, None, mean, var, False, axis=1)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_batch_statistics_are_gathered_once_not_once_per_example():
+    """Under vmap the cross-example statistics are one stacked array, not members × members."""
+    bn, state = eqx.nn.make_with_state(BatchNorm)(8, "batch", mode="batch")
+    x = jnp.ones((64, 8))
+    forward = jax.jit(lambda x: batched(bn)(x, state)[0])
+    gradient = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(batched(bn)(x, state)[0]))))
+    for step in (forward, gradient):
+        assert "[64,64," not in step.lower(x).compile().as_text()
