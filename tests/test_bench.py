@@ -171,13 +171,15 @@ JAX_PEERS = {
     "flax.nnx": bench.flax_nnx_peer,
     "haiku": bench.haiku_peer,
     "equinox": bench.equinox_peer,
+    "bnjax.equinox": bench.bnjax_equinox_peer,
     "keras": bench.keras_peer,
 }
 
 
 # Running statistics as the peers start them: Haiku's init call (is_training=True) already averaged
-# one batch, Equinox's "ema" mode starts at variance 0; the others at mean 0, variance 1 as bnjax.
-EVAL_MATCHES_BNJAX = {"flax.linen", "flax.nnx", "keras"}
+# one batch, Equinox's "ema" mode starts at variance 0; the others (bnjax.equinox's "ema" mode
+# too) at mean 0, variance 1 as bnjax.
+EVAL_MATCHES_BNJAX = {"flax.linen", "flax.nnx", "bnjax.equinox", "keras"}
 
 
 @pytest.mark.parametrize("name", list(JAX_PEERS))

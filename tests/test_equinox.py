@@ -203,12 +203,105 @@ def test_constructor_errors_and_the_legacy_warning():
 
 def test_call_errors_name_the_problem():
     bn, state = eqx.nn.make_with_state(BatchNorm)(3, "batch", mode="batch")
-    with pytest.raises(NameError, match="'batch'"):
+    wrap = r"inside jax.vmap\(layer, axis_name='batch', in_axes=\(0, None\), out_axes=\(0, None\)\)"
+    with pytest.raises(NameError, match="no enclosing mapped axis is named 'batch'. .*" + wrap):
         bn(jnp.ones(3), state)
-    with pytest.raises(NameError, match="'batch'"):
+    with pytest.raises(NameError, match="named 'batch'"):
         jax.vmap(bn, in_axes=(0, None), out_axes=(0, None))(jnp.ones((2, 3)), state)
-    with pytest.raises(ValueError, match="feature shape"):
+    nested, nested_state = eqx.nn.make_with_state(BatchNorm)(3, ("outer", "inner"), mode="ema")
+    with pytest.raises(NameError, match=r"axis_name=\('outer', 'inner'\)\): .* named 'inner'"):
+        jax.vmap(nested, axis_name="outer", in_axes=(0, None), out_axes=(0, None))(
+            jnp.ones((2, 3)), nested_state
+        )
+
+
+def test_wrong_input_size_and_x_without_the_channel_axis():
+    bn, state = eqx.nn.make_with_state(BatchNorm)(3, "batch", mode="batch")
+    with pytest.raises(
+        ValueError, match=r"input_size=3\): x must be one example .* got shape \(4,\)"
+    ):
         batched(bn)(jnp.ones((2, 4)), state)
+    with pytest.raises(ValueError, match=r"input_size=3\): .* channels first, got shape \(5, 3\)"):
+        batched(bn)(jnp.ones((2, 5, 3)), state)  # channels last
+    with pytest.raises(ValueError, match=r"x must be one example .* got a scalar"):
+        batched(bn)(jnp.ones((3,)), state)  # a batch of numbers: no channel axis
+
+
+def test_a_state_from_another_model_is_named():
+    bn, _ = eqx.nn.make_with_state(BatchNorm)(3, "batch", mode="batch")
+    _, ema_state = eqx.nn.make_with_state(BatchNorm)(3, "batch", mode="ema")
+    _, wider_state = eqx.nn.make_with_state(BatchNorm)(4, "batch", mode="batch")
+    x = jnp.ones((2, 3))
+    with pytest.raises(ValueError, match="holds nothing for this layer's batch_state_index .* "
+                       "another model; pass the state made with this model"):  # fmt: skip
+        batched(bn)(x, ema_state)
+    with pytest.raises(ValueError, match=r"holds \[\(4,\), \(4,\)\], not \(mean, var\) of "
+                       r"shape \(3,\): it is another layer's state"):  # fmt: skip
+        batched(eqx.nn.inference_mode(bn))(x, wider_state)
+
+
+def test_uneven_batches_across_devices_are_weighted_by_their_valid_examples():
+    """A per-example mask: 4 valid examples on one device, 1 on the other; ranks (C, H)."""
+    bn, state = eqx.nn.make_with_state(BatchNorm)(3, ("device", "batch"), mode="batch")
+    bn = with_affine(bn)
+    x = data((2, 4, 3, 5))
+    valid = np.array([[True] * 4, [False, True, False, False]])
+    inner = jax.vmap(
+        lambda x, m, s: bn(x, s, mask=m), axis_name="batch", in_axes=(0, 0, None),
+        out_axes=(0, None),
+    )  # fmt: skip
+    outer = jax.vmap(inner, axis_name="device", in_axes=(0, 0, None), out_axes=(0, None))
+    y, state = outer(x, jnp.asarray(valid), state)
+    w, b = np.asarray(bn.weight), np.asarray(bn.bias)
+    want, _, _ = oracle.reference(x[valid], w, b, None, None, True, axis=1)
+    np.testing.assert_allclose(np.asarray(y)[valid], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(running(bn, state), stats(x[valid]), rtol=1e-5, atol=1e-6)
+    # the mean of the two devices' means would be another number
+    per_device = np.mean([stats(x[i][valid[i]])[0] for i in range(2)], axis=0)
+    assert not np.allclose(per_device, stats(x[valid])[0], atol=1e-3)
+
+
+def test_lax_scan_carries_the_state_through_training_steps():
+    m = 0.9
+    bn, state = eqx.nn.make_with_state(BatchNorm)(2, "batch", mode="batch", momentum=m)
+    xs = np.stack([data((6, 2, 3), seed=t, loc=t, scale=1 + t) for t in range(3)])
+    params, static = eqx.partition(bn, eqx.is_array)
+
+    def step(state, x):
+        y, state = batched(eqx.combine(params, static))(x, state)
+        return state, y
+
+    state, ys = jax.lax.scan(step, state, jnp.asarray(xs))
+    for t in range(3):
+        want, _, _ = oracle.reference(xs[t], None, None, None, None, True, axis=1)
+        np.testing.assert_allclose(ys[t], want, rtol=1e-5, atol=1e-5)
+    weights = np.array([(1 - m) * m ** (3 - i) for i in range(1, 4)]) / (1 - m**3)
+    seen = [stats(x) for x in xs]
+    want = [sum(w * s[k] for w, s in zip(weights, seen, strict=True)) for k in (0, 1)]
+    np.testing.assert_allclose(running(bn, state), want, rtol=1e-5)
+    assert int(state.get(bn.batch_counter)) == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_filter_vmap_ensemble_keeps_one_set_of_statistics_per_member(mode):
+    @eqx.filter_vmap
+    def make(key):
+        return eqx.nn.make_with_state(eqx.nn.Sequential)(
+            [eqx.nn.Linear(2, 3, key=key), BatchNorm(3, "batch", mode=mode, momentum=0.5)]
+        )
+
+    models, states = make(jax.random.split(jax.random.key(0), 2))
+    xs = data((2, 8, 2))
+    run = eqx.filter_vmap(lambda model, state, x: batched(model)(x, state))
+    ys, states = run(models, states, jnp.asarray(xs))
+    index = models[1].batch_state_index if mode == "batch" else models[1].ema_state_index
+    means, variances = (np.asarray(a) for a in states.get(index))
+    for i in range(2):
+        weight, bias = (np.asarray(a[i], np.float64) for a in (models[0].weight, models[0].bias))
+        h = xs[i].astype(np.float64) @ weight.T + bias
+        want, _, _ = oracle.reference(h, None, None, None, None, True, axis=1)
+        np.testing.assert_allclose(ys[i], want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose((means[i], variances[i]), stats(h), rtol=1e-5, atol=1e-6)
 
 
 def test_sequential_training_step_with_filter_jit_and_filter_grad():
@@ -252,3 +345,18 @@ def test_state_round_trips_through_serialisation(tmp_path):
     fresh = eqx.nn.make_with_state(BatchNorm)(3, "batch", mode="batch")
     loaded = eqx.tree_deserialise_leaves(tmp_path / "bn.eqx", fresh)
     assert eqx.tree_equal(loaded[1], state)
+    x = data((5, 3), seed=3)
+    y, _ = batched(eqx.nn.inference_mode(loaded[0]))(x, loaded[1])
+    mean, var = running(bn, state)
+    want, _, _ = oracle.reference(x, None, None, mean, var, False, axis=1)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_batch_statistics_are_gathered_once_not_once_per_example():
+    """Under vmap the cross-example statistics are one stacked array, not members × members."""
+    bn, state = eqx.nn.make_with_state(BatchNorm)(8, "batch", mode="batch")
+    x = jnp.ones((64, 8))
+    forward = jax.jit(lambda x: batched(bn)(x, state)[0])
+    gradient = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(batched(bn)(x, state)[0]))))
+    for step in (forward, gradient):
+        assert "[64,64," not in step.lower(x).compile().as_text()

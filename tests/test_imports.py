@@ -117,3 +117,9 @@ def test_the_demo_is_a_package_of_its_own():
     assert all(hasattr(bnjax.demo, name) for name in bnjax.demo.__all__)
     for old in ("bnjax._data", "bnjax._experiment"):  # moved into bnjax/demo/
         assert importlib.util.find_spec(old) is None
+
+
+def test_the_equinox_front_end_and_its_tools_need_no_flax():
+    blocked = "import sys\nfor name in ('flax', 'optax', 'tqdm'):\n    sys.modules[name] = None\n"
+    out = python(blocked + "import bnjax.equinox\nprint(' '.join(bnjax.equinox.__all__))\n")
+    assert out.split() == ["BatchNorm", "fold_into_linear", "recompute_population_stats"]

@@ -55,7 +55,7 @@ exact offset μ − K (``shift``, ``offset``). The transform normalizes relative
 to the shift, y = (x − K)·a + (β − (μ − K)·a): x − K is exact when K is near
 x, so nothing is lost when μ is not representable (offsets of 1e5–1e6 std in
 float32). Across devices each device computes its own (count, K, μ − K, M2),
-one all-reduce gathers them (see ``gather_by_sum``), and Chan's formula
+one collective gathers them (see ``gather_by_sum``), and Chan's formula
 combines them relative to one reference shift, so cross-device statistics are
 as exact as local ones. Complex input is reduced as its real and imaginary
 parts (mean complex, variance E|x − μ|² real).
@@ -519,22 +519,44 @@ def combine_moments(gathered: LocalMoments) -> LocalMoments:
 
 
 def gather_by_sum(values: jax.Array, axis_name, axis_index_groups=None) -> jax.Array:
-    """Stacks ``values`` from every member of ``axis_name`` (or of its group), via ``psum``.
+    """Stacks ``values`` from every member of ``axis_name`` (or of its group).
 
-    Each member writes its values into its own slot of a zero array and one
-    all-reduce sums them. Unlike ``lax.all_gather``, the result is known to be
-    the same on every member (``shard_map`` can return it replicated), and it
-    works alike under ``pmap``, ``shard_map`` and ``vmap``. The values are
-    per-feature statistics, so the extra bytes are negligible.
+    Over the axes ``shard_map`` types ``values`` as varying over, and with
+    ``axis_index_groups``, each member writes its values into its own slot of
+    a zero array and one all-reduce sums them: unlike ``lax.all_gather``, the
+    result is known to be the same on every member (``shard_map`` can return
+    it replicated), and grouped all-reduces work under ``pmap``. Over the other
+    axes (``vmap``'s and ``pmap``'s) it is ``lax.all_gather``: under ``vmap``
+    the slots would be one array of members × members × values, quadratic in
+    the batch (an Equinox layer's batch of 256 examples of 64 features: 0.34 s
+    instead of 0.4 ms on XLA:CPU), while ``vmap``'s all-gather is the stacked
+    values themselves. The values are per-feature statistics, so the extra
+    bytes of either are negligible.
 
     Args:
       values: this member's array.
-      axis_name: the mapped axis.
+      axis_name: the mapped axis, or a tuple of them.
       axis_index_groups: optional groups of indices along ``axis_name``.
 
     Returns:
-      An array of shape ``(group size,) + values.shape``.
+      An array of shape ``(members,) + values.shape``.
     """
+    if axis_index_groups is not None:
+        return _sum_into_slots(values, axis_name, axis_index_groups)
+    names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    varying = jax.typeof(values).mat.varying
+    stacked = values
+    for name in reversed([n for n in names if n not in varying]):
+        stacked = lax.all_gather(stacked, name)  # one name at a time, as vmap batches it
+    stacked = stacked.reshape((-1,) + values.shape)
+    slotted = tuple(n for n in names if n in varying)
+    if slotted:
+        stacked = _sum_into_slots(stacked, slotted, None).reshape((-1,) + values.shape)
+    return stacked
+
+
+def _sum_into_slots(values: jax.Array, axis_name, axis_index_groups) -> jax.Array:
+    """``values`` of every member, each written into its own slot and summed (one psum)."""
     index = lax.axis_index(axis_name)
     if axis_index_groups is None:
         size = lax.axis_size(axis_name)

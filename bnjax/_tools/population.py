@@ -16,7 +16,6 @@ from typing import Any, Dict, Iterable, Iterator, Mapping, Sized, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 COLLECTION = "bnjax_population"
 
@@ -90,6 +89,8 @@ def check_contributions(layers: Mapping[str, tuple]) -> None:
 
 def _fresh_statistics(shapes: Mapping) -> Any:
     """Zeros for means and counts, ones for variances, shaped like ``shapes``."""
+    from flax import traverse_util
+
     flat: Dict[Tuple[str, ...], Any] = traverse_util.flatten_dict(shapes)
     fresh = {
         path: (jnp.ones if path[-1] == "var" else jnp.zeros)(leaf.shape, leaf.dtype)
@@ -141,6 +142,8 @@ def recompute_population_stats(
       >>> new["batch_stats"]["mean"], new["batch_stats"]["var"]  # unbiased variances 2 and 2
       (Array([3.], dtype=float32), Array([2.], dtype=float32))
     """
+    from flax import traverse_util  # here: the helpers above serve the Equinox front end too
+
     variables = dict(variables)
     batches = iterate_batches(batches, progress, "population statistics")
     first = next(batches)

@@ -4,7 +4,8 @@ Times bnjax's ``batch_norm`` and its peers, each with its defaults and in its
 idiomatic use: ``flax.linen.BatchNorm``, ``flax.nnx.BatchNorm``, Haiku's
 ``hk.BatchNorm`` (in ``hk.transform_with_state``), Equinox's
 ``eqx.nn.BatchNorm`` (under ``jax.vmap(..., axis_name="batch")`` with
-``eqx.nn.State``, channel-first as Equinox's layers are), Keras 3's
+``eqx.nn.State``, channel-first as Equinox's layers are) and beside it bnjax's
+drop-in ``bnjax.equinox.BatchNorm`` called the same way, Keras 3's
 ``BatchNormalization`` on the JAX backend (``stateless_call``) and PyTorch's
 ``BatchNorm2d`` in channels_last memory format (``BatchNorm1d`` for dense
 shapes), timed with torch itself. A peer that raises on a configuration gets
@@ -43,7 +44,8 @@ basic blocks with the residual add) and of six plain conv–BN–ReLU blocks, NH
 parameters, each framework's own mixed precision). Each network is written
 once; each framework supplies its layers: bnjax's ``BatchNorm`` and
 ``flax.linen.BatchNorm`` in the same linen network, ``flax.nnx``, Haiku,
-Equinox and Keras 3 in theirs, and the same linen network without any
+Equinox (with ``eqx.nn.BatchNorm`` and with ``bnjax.equinox.BatchNorm``) and
+Keras 3 in theirs, and the same linen network without any
 normalization, the floor. It reports the step's median time (ratio peer /
 bnjax) and the compiled program's temporary memory
 (``jax.jit(step).lower(...).compile().memory_analysis().temp_size_in_bytes``)
@@ -132,6 +134,7 @@ from ._networks import Network as Network
 from ._networks import plain as plain
 from ._networks import resnet as resnet
 from ._peers import Peer as Peer
+from ._peers import bnjax_equinox_peer as bnjax_equinox_peer
 from ._peers import bnjax_peer as bnjax_peer
 from ._peers import equinox_peer as equinox_peer
 from ._peers import flax_linen_peer as flax_linen_peer

@@ -24,6 +24,7 @@ from . import _hlo, _targets
 from ._model import DONATED, MODEL_IMPLS, train_step
 from ._networks import NETWORKS, Network, resnet50_stage
 from ._peers import (
+    bnjax_equinox_peer,
     bnjax_peer,
     equinox_peer,
     flax_linen_peer,
@@ -50,6 +51,7 @@ LAYER_PEERS: Dict[str, Callable] = {
     "flax.nnx": flax_nnx_peer,
     "haiku": haiku_peer,
     "equinox": equinox_peer,
+    "bnjax.equinox": bnjax_equinox_peer,
     "keras": keras_peer,
 }
 

@@ -16,6 +16,7 @@ import numpy as np
 from ._loading import error_text
 from ._model_peers import (
     Model,
+    bnjax_equinox_model,
     bnjax_model,
     equinox_model,
     flax_linen_model,
@@ -35,6 +36,7 @@ MODEL_IMPLS = {
     "flax.nnx": flax_nnx_model,
     "haiku": haiku_model,
     "equinox": equinox_model,
+    "bnjax.equinox": bnjax_equinox_model,
     "keras": keras_model,
     FLOOR: floor_model,
 }

@@ -156,7 +156,6 @@ def haiku_model(network, shape, dtype) -> Model:
     return Model(apply, params, state)
 
 
-@_fast_init
 def equinox_model(network, shape, dtype) -> Model:
     """An Equinox network with ``eqx.nn.BatchNorm(mode="ema")``, vmapped over the batch.
 
@@ -166,6 +165,21 @@ def equinox_model(network, shape, dtype) -> Model:
     """
     import equinox as eqx
 
+    return _equinox_network(eqx.nn.BatchNorm, network, shape, dtype)
+
+
+def bnjax_equinox_model(network, shape, dtype) -> Model:
+    """``equinox_model`` with ``bnjax.equinox.BatchNorm`` (the drop-in, same arguments)."""
+    from .. import equinox as bnjax_equinox
+
+    return _equinox_network(bnjax_equinox.BatchNorm, network, shape, dtype)
+
+
+@_fast_init
+def _equinox_network(batch_norm, network, shape, dtype) -> Model:
+    """An Equinox network whose norms are ``batch_norm(features, "batch", mode="ema")``."""
+    import equinox as eqx
+
     class EquinoxNet(eqx.Module):
         layers: tuple
 
@@ -173,7 +187,7 @@ def equinox_model(network, shape, dtype) -> Model:
             keys = iter(jax.random.split(key, 64))
             kit = BuildKit(
                 lambda i, o, k, s, p: eqx.nn.Conv2d(i, o, k, s, p, use_bias=False, key=next(keys)),
-                lambda features: eqx.nn.BatchNorm(features, "batch", mode="ema"),
+                lambda features: batch_norm(features, "batch", mode="ema"),
                 lambda i, classes: eqx.nn.Linear(i, classes, key=next(keys)),
             )
             network(kit, None)

@@ -8,7 +8,7 @@ import numpy as np
 from ._report import ratio_axis
 
 FLOOR = "floor"
-ORDER = ("bnjax", "flax.linen", "flax.nnx", "haiku", "equinox", "keras", FLOOR)
+ORDER = ("bnjax", "flax.linen", "flax.nnx", "haiku", "equinox", "bnjax.equinox", "keras", FLOOR)
 # The layer plot's colours for the peers (matplotlib's cycle in IMPLS order), bnjax in black.
 COLORS = {"bnjax": "black", **{n: f"C{i}" for i, n in enumerate(ORDER[1:-1])}, FLOOR: "C7"}
 

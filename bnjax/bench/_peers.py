@@ -107,7 +107,24 @@ def equinox_peer(x: jax.Array) -> Peer:
     """
     import equinox as eqx
 
-    layer, state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(x.shape[-1], "batch", mode="ema")
+    return _equinox_layer_peer(eqx.nn.BatchNorm, x)
+
+
+def bnjax_equinox_peer(x: jax.Array) -> Peer:
+    """``bnjax.equinox.BatchNorm``, the drop-in, called exactly as ``equinox_peer`` calls Equinox's.
+
+    The same arguments (``mode="ema"``), ``eqx.nn.State``, vmap and layout.
+    """
+    from .. import equinox as bnjax_equinox
+
+    return _equinox_layer_peer(bnjax_equinox.BatchNorm, x)
+
+
+def _equinox_layer_peer(batch_norm, x: jax.Array) -> Peer:
+    """An Equinox-style BatchNorm class as a peer (``make_with_state``, vmap, NCHW)."""
+    import equinox as eqx
+
+    layer, state = eqx.nn.make_with_state(batch_norm)(x.shape[-1], "batch", mode="ema")
     params, static = eqx.partition(layer, eqx.is_inexact_array)
 
     def forward(x, params, train):

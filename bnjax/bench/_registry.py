@@ -11,6 +11,7 @@ from ._deps import EXTRA_HINT
 from ._jax_calls import jax_timed
 from ._loading import PeerSkipped, import_peer
 from ._peers import (
+    bnjax_equinox_peer,
     bnjax_peer,
     equinox_peer,
     flax_linen_peer,
@@ -49,6 +50,9 @@ IMPLS = {
     "flax.nnx": Impl("flax.nnx", "flax", functools.partial(jax_timed, flax_nnx_peer)),
     "haiku": Impl("haiku", "dm-haiku", functools.partial(jax_timed, haiku_peer)),
     "equinox": Impl("equinox", "equinox", functools.partial(jax_timed, equinox_peer)),
+    "bnjax.equinox": Impl(
+        "bnjax.equinox", "equinox", functools.partial(jax_timed, bnjax_equinox_peer)
+    ),
     "keras": Impl("keras", "keras", functools.partial(jax_timed, keras_peer), import_keras),
     "torch": Impl("torch", "torch", torch_timed, import_torch, "pip install torch"),
 }
