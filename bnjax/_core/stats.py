@@ -468,8 +468,9 @@ def local_moments(
     """
     acc = accumulation_dtype(x.dtype)
     count = element_count(x.shape, mask, reduce_axes, acc)
-    if not reduce_axes:  # no batch axis: each feature is its own single element
-        shift, offset, m2 = _checked_two_pass(x, mask, reduce_axes, count)
+    if not reduce_axes:  # no batch axis: each element its own mean, with M2 = 0 exactly
+        shift = lax.stop_gradient(x.astype(acc))
+        offset = m2 = jnp.zeros_like(shift)
     elif method is not None:
         shift, offset, m2 = METHODS[method](x, mask, reduce_axes, count, hint)
     else:
@@ -499,8 +500,11 @@ METHODS = {
 def combine_moments(gathered: LocalMoments) -> LocalMoments:
     """Chan's parallel combination over the leading axis of stacked local moments.
 
-    The means are combined relative to one reference shift (the shift of the
-    member with the most elements), so nothing is rounded at large offsets.
+    The means are combined relative to one reference shift, the members'
+    shifts averaged by their counts: near every member's data, so the
+    differences K_i − reference lose nothing at large offsets (Sterbenz), and
+    cheap for many members (a vmap over a batch of examples) where an argmax
+    and a gather were not on XLA:CPU.
 
     Returns:
       The combined moments, whose ``shift`` is the reference and ``offset``
@@ -508,10 +512,11 @@ def combine_moments(gathered: LocalMoments) -> LocalMoments:
     """
     # keepdims along the members' axis: no implicit rank promotion (Equinox's tests raise on it)
     count = jnp.sum(gathered.count, axis=0, keepdims=True)
-    leader = jnp.argmax(gathered.count, axis=0, keepdims=True)
-    reference = jnp.take_along_axis(gathered.shift, leader, axis=0)
-    relative = (gathered.shift - reference) + gathered.offset  # each member's mean − reference
     weights = gathered.count / safe_count(count)
+    # an empty member's shift may be anything (NaN under a mask): it gets weight 0 here
+    shifts = jnp.where(gathered.count > 0, gathered.shift, jnp.zeros((), gathered.shift.dtype))
+    reference = lax.stop_gradient(jnp.sum(weights * shifts, axis=0, keepdims=True))
+    relative = (gathered.shift - reference) + gathered.offset  # each member's mean − reference
     offset = jnp.sum(weights * relative, axis=0, keepdims=True)
     spread = gathered.count * jnp.square(relative - offset)
     m2 = jnp.sum(gathered.m2 + spread, axis=0)
