@@ -298,3 +298,45 @@ def test_a_batch_that_misses_one_feature_is_an_error_too():
     with pytest.raises(ValueError, match=message.replace("BatchNorm_0", "bn")):
         bnjax.nnx.recompute_population_stats(nnx_model, batches, progress=False)
     chex.assert_trees_all_equal(_snapshot(nnx_model)[0], before[0])
+
+
+class ScannedLayer(nn.Module):
+    @nn.compact
+    def __call__(self, h, _):
+        h = nn.Dense(3, use_bias=False)(h)
+        return jnp.tanh(bnjax.BatchNorm(use_running_average=False)(h)), None
+
+
+class ScannedStack(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        # Listing the tool's collection in variable_axes gives each stacked layer its own
+        # population statistics (the call counts are stacked too: one per layer).
+        stack = nn.scan(
+            ScannedLayer,
+            variable_axes={"params": 0, "batch_stats": 0, "bnjax_population": 0},
+            split_rngs={"params": True},
+            length=3,
+        )
+        return stack(name="stack")(x, None)[0]
+
+
+def test_linen_population_statistics_of_layers_stacked_by_nn_scan():
+    batches = [random_array((9, 3), seed=120 + i, loc=2.0 * i) for i in range(3)]
+    model = ScannedStack()
+    variables = model.init(jax.random.key(0), batches[0])
+    new = bnjax.recompute_population_stats(model, variables, batches, progress=False)
+    kernels = np.asarray(variables["params"]["stack"]["Dense_0"]["kernel"], np.float64)
+    means, variances = [[] for _ in range(3)], [[] for _ in range(3)]
+    for x in batches:
+        h = np.asarray(x, np.float64)
+        for layer in range(3):
+            h = h @ kernels[layer]
+            count, mean, var = batch_stats(h)
+            means[layer].append(mean.ravel())
+            variances[layer].append((var * count / (count - 1)).ravel())
+            h = np.tanh((h - mean) / np.sqrt(var + 1e-5))
+    stats = new["batch_stats"]["stack"]["BatchNorm_0"]
+    np.testing.assert_allclose(stats["mean"], np.mean(means, axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["var"], np.mean(variances, axis=1), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_equal(new["params"], variables["params"])

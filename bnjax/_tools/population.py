@@ -74,9 +74,11 @@ def check_contributions(layers: Mapping[str, tuple]) -> None:
         training mode, and how many of those calls its statistics counted.
     """
     for name, (calls, count) in layers.items():
-        calls, count = int(calls), np.asarray(count)
+        # One entry per stacked copy of the layer under nn.scan / nn.vmap, () otherwise.
+        calls, count = np.asarray(calls), np.asarray(count)
+        calls = calls.reshape(calls.shape + (1,) * (count.ndim - calls.ndim))
         if np.any(count != calls):
-            missing = calls - int(np.min(count))
+            missing, calls = int(np.max(calls - count)), int(np.max(calls))
             raise ValueError(
                 f"recompute_population_stats: the BatchNorm layer {name!r} got no usable "
                 f"statistics from {missing} of its {calls} training call(s): a batch of one "
