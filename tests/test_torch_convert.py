@@ -259,3 +259,19 @@ def test_errors_name_the_argument_what_was_expected_and_what_came(state, options
 def test_a_prefix_that_matches_nothing_lists_the_layers_there():
     with pytest.raises(ValueError, match=r"layers with running statistics here: \['1'\]"):
         bnjax.from_torch(model().state_dict(), prefix="2")
+
+
+def test_the_variables_do_not_change_when_pytorch_trains_on():
+    """The converted arrays are copies: neither torch's buffers nor a NumPy input alias them."""
+    layer = torch.nn.BatchNorm1d(3)
+    variables = bnjax.from_torch(layer.state_dict())
+    before = jax.tree.map(np.array, variables)
+    layer.train()
+    layer(torch.randn(16, 3) * 5 + 2)  # updates running_mean and running_var in place
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    arrays = {k: v.detach().numpy().copy() for k, v in layer.state_dict().items()}
+    from_numpy = bnjax.from_torch(arrays)
+    arrays["running_mean"][:] = 123.0
+    jax.tree.map(np.testing.assert_array_equal, variables, before)
+    assert not np.any(np.asarray(from_numpy["batch_stats"]["mean"]) == 123.0)

@@ -1,7 +1,7 @@
 """Converting a PyTorch ``BatchNorm1d/2d/3d`` state dict to variables of ``bnjax.linen.BatchNorm``.
 
 PyTorch is not imported: a tensor is read through ``.detach().cpu().numpy()``,
-anything else through ``np.asarray``.
+anything else through ``np.array``, and copied either way.
 """
 
 from typing import Any, Mapping
@@ -170,15 +170,20 @@ def _select(state_dict: Mapping[str, Any], prefix: str) -> dict:
 
 
 def _to_numpy(value: Any, name: str) -> np.ndarray:
-    """A tensor (any device, bfloat16 included) or array-like as a NumPy array."""
+    """A tensor (any device, bfloat16 included) or array-like as a NumPy array of its own.
+
+    Always a copy: JAX arrays made from a NumPy array on the CPU may share its
+    memory, and a tensor's ``.numpy()`` shares the tensor's, so without a copy
+    the converted variables would change as PyTorch goes on training.
+    """
     if hasattr(value, "detach"):  # a torch.Tensor, read without importing torch
         value = value.detach().cpu()
         try:
-            return value.numpy()
+            return value.numpy().copy()
         except TypeError:  # bfloat16 has no NumPy dtype: widen to float32 (exact)
             return value.float().numpy()
     try:
-        return np.asarray(value)
+        return np.array(value, copy=True)
     except (TypeError, ValueError) as error:
         raise TypeError(
             f"state_dict[{name!r}] must be a tensor or an array, got {type(value).__name__}"
