@@ -112,6 +112,7 @@ def _cases(targets, impls, dtypes, layer_shape, networks, batch, topologies) -> 
                     lower_scaleout, target, impl, topology, "float32", SCALEOUT_NETWORK
                 )
                 cases.append(_Case("scaleout", fields, lower))
+                cases += _common_path_case(target, impl, "scaleout", fields, lower)
     return cases
 
 
