@@ -51,10 +51,6 @@ extensions = [
 ]
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md"]
 suppress_warnings = []
-# The "From PyTorch" guide documents bnjax.from_torch; a checkout without it leaves it out.
-HAS_TORCH_CONVERTER = hasattr(bnjax, "from_torch")
-if not HAS_TORCH_CONVERTER:
-    exclude_patterns.append("guides/from_pytorch.md")
 nitpicky = True
 
 # API reference: Google-style docstrings, type hints in the descriptions.
@@ -136,13 +132,19 @@ def _escape_bars(app, what, name, obj, options, lines):
             lines[i] = _BARS.sub(r"\\|\1\\|", line)
 
 
-def _drop_absent_guides(app, docname, source):
-    if docname == "index" and not HAS_TORCH_CONVERTER:
-        source[0] = source[0].replace("guides/from_pytorch\n", "")
+# Type hints name some classes by the private module that defines them; the inventories have the
+# public name. Renamed before intersphinx (priority 500) resolves the reference.
+_PUBLIC_NAMES = {"equinox.nn._stateful.State": "equinox.nn.State"}
+
+
+def _public_target(app, env, node, contnode):
+    public = _PUBLIC_NAMES.get(node.get("reftarget"))
+    if public is not None:
+        node["reftarget"] = public
 
 
 def setup(app):
-    """Connects the docstring fix and the index's guide list above."""
+    """Connects the docstring fix and the public names above."""
     app.connect("autodoc-process-docstring", _escape_bars)
-    app.connect("source-read", _drop_absent_guides)
+    app.connect("missing-reference", _public_target, priority=400)
     app.connect("build-finished", lambda app, exception: shutil.rmtree(_IPYTHONDIR, True))
