@@ -217,8 +217,11 @@ def _bars(ax, groups, names, value: Callable, ylabel: str, title: str) -> None:
     for i, name in enumerate(names):
         values = np.array([np.nan if (v := value(g, name)) is None else v for g in groups])
         x = np.arange(len(groups)) + (i - (len(names) - 1) / 2) * width
-        color = COLORS.get(name, "0.55" if name == COMMON_PATH else None)
-        ax.bar(x, values - 1, width, bottom=1, label=name, color=color)
+        common = name == COMMON_PATH  # bnjax's own program, drawn as a variant of its bars
+        color = "0.3" if common else COLORS.get(name)
+        ax.bar(
+            x, values - 1, width, bottom=1, label=name, color=color, hatch="//" if common else None
+        )
     ax.axhline(1.0, color="black", linewidth=0.8)
     ratio_axis(ax)
     ax.set_ylabel(ylabel, fontsize=8)
