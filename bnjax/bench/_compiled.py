@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
-from .._core import stats
+from .._core.stats import METHODS, running_first_pass
 from . import _hlo, _targets
 from ._model import DONATED, MODEL_IMPLS, train_step
 from ._networks import NETWORKS, Network, resnet50_stage
@@ -309,18 +309,18 @@ def common_path():
     inside this context are the path that runs otherwise, reported beside the
     whole program's figures. Other backends' programs are unchanged.
     """
-    whole = stats.METHODS["running"]
+    whole = METHODS["running"]
 
     def first_pass(x, mask, reduce_axes, count, hint=None):
         if hint is None:
             return whole(x, mask, reduce_axes, count, hint)
-        return stats.running_first_pass(x, mask, reduce_axes, count, hint)[:3]
+        return running_first_pass(x, mask, reduce_axes, count, hint)[:3]
 
-    stats.METHODS["running"] = first_pass
+    METHODS["running"] = first_pass
     try:
         yield
     finally:
-        stats.METHODS["running"] = whole
+        METHODS["running"] = whole
 
 
 def on_common_path(lower: Callable[[], Lowered]) -> Lowered:
