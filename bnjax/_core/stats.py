@@ -549,7 +549,7 @@ def gather_by_sum(values: jax.Array, axis_name, axis_index_groups=None) -> jax.A
     if axis_index_groups is not None:
         return _sum_into_slots(values, axis_name, axis_index_groups)
     names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
-    varying = jax.typeof(values).mat.varying
+    varying = varying_axes(values)
     stacked = values
     for name in reversed([n for n in names if n not in varying]):
         stacked = lax.all_gather(stacked, name)  # one name at a time, as vmap batches it

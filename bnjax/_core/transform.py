@@ -190,8 +190,6 @@ def normalize_train(
       keepdims-shaped.
 
     """
-    if hint is not None:
-        hint = lax.stop_gradient(hint)
     moments = batch_moments(x, mask, reduce_axes, axis_name, axis_index_groups, hint=hint)
     # XLA:CPU: keeps XLA from sharing x − K between the variance reduction and the
     # output, which would write it to memory instead of fusing it into both.
