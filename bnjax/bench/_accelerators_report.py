@@ -6,7 +6,7 @@ import numpy as np
 
 from ._compiled import COMMON_PATH
 from ._model_report import COLORS, ORDER
-from ._report import ratio_axis
+from ._report import impl_columns, ratio_axis
 
 HEADER = (
     "Compiled programs, not timings on a device: each case is compiled for the target "
@@ -46,15 +46,11 @@ def _grid(title: str, records: List[Dict], keys: Sequence[str], names, cell: Cal
     by_key = {(tuple(r[k] for k in keys), r["impl"]): r for r in records}
     widths = [max(len(k), *(len(str(r[k])) for r in records)) + 2 for k in keys]
     head = "".join(f"{k:<{w}}" for k, w in zip(keys, widths, strict=True))
-    columns = [max(11, len(n) + 2) for n in names]  # a name never runs into its neighbour
-    rows = ["", title, head + "".join(f"{n:>{c}}" for n, c in zip(names, columns, strict=True))]
+    rows = ["", title, head + impl_columns(names)]
     for config in dict.fromkeys(tuple(r[k] for k in keys) for r in records):
         cells = [by_key.get((config, n)) for n in names]
         label = "".join(f"{str(v):<{w}}" for v, w in zip(config, widths, strict=True))
-        rows.append(
-            label
-            + "".join(f"{cell(r) if r else '-':>{c}}" for r, c in zip(cells, columns, strict=True))
-        )
+        rows.append(label + impl_columns(names, [cell(r) if r else "-" for r in cells]))
     return rows
 
 

@@ -5,7 +5,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from ._report import ratio_axis
+from ._report import impl_columns, ratio_axis
 
 FLOOR = "floor"
 ORDER = ("bnjax", "flax.linen", "flax.nnx", "haiku", "equinox", "bnjax.equinox", "keras", FLOOR)
@@ -25,11 +25,12 @@ def _number(value, spec: str) -> str:
 def _grid(title: str, records: List[Dict], names, cell: Callable) -> List[str]:
     """One table: a row per (network, dtype), a column per implementation."""
     by_key = {(r["network"], r["dtype"], r["impl"]): r for r in records}
-    rows = [title, f"{'network':<10}{'dtype':<10}" + "".join(f"{n:>11}" for n in names)]
+    rows = [title, f"{'network':<10}{'dtype':<10}" + impl_columns(names)]
     for network, dtype in dict.fromkeys((r["network"], r["dtype"]) for r in records):
         cells = [by_key.get((network, dtype, n)) for n in names]
         rows.append(
-            f"{network:<10}{dtype:<10}" + "".join(f"{cell(r) if r else '-':>11}" for r in cells)
+            f"{network:<10}{dtype:<10}"
+            + impl_columns(names, [cell(r) if r else "-" for r in cells])
         )
     return rows
 

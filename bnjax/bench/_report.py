@@ -86,14 +86,26 @@ def _impls_in(records: List[Dict]) -> List[str]:
     return [name for name in IMPLS if name in present]
 
 
+def impl_columns(names, values=None) -> str:
+    """A table row's implementation columns, right-aligned: ``names`` themselves, or ``values``.
+
+    Each column is at least 11 characters and two wider than its implementation's
+    name, so that no name runs into its neighbour.
+    """
+    widths = [max(11, len(n) + 2) for n in names]
+    return "".join(
+        f"{v:>{w}}" for v, w in zip(names if values is None else values, widths, strict=True)
+    )
+
+
 def _grid(title: str, records: List[Dict], names, cell: Callable, modes) -> List[str]:
     """One table: a row per (shape, dtype, mode), a column per implementation."""
     by_key = {(record_config(r), r["impl"]): r for r in records}
-    rows = [title, f"{'shape':<20}{'dtype':<10}{'mode':<17}" + "".join(f"{n:>11}" for n in names)]
+    rows = [title, f"{'shape':<20}{'dtype':<10}{'mode':<17}" + impl_columns(names)]
     configs = [c for c in dict.fromkeys(record_config(r) for r in records) if c[2] in modes]
     for config in configs:
         cells = [by_key.get((config, n)) for n in names]
-        values = "".join(f"{cell(r) if r else '-':>11}" for r in cells)
+        values = impl_columns(names, [cell(r) if r else "-" for r in cells])
         rows.append(f"{config[0]:<20}{config[1]:<10}{config[2]:<17}{values}")
     return rows
 
