@@ -5,6 +5,7 @@ through ``call_core`` and from there through the core's ``normalize``, with the
 ``Options`` that ``core_options`` reads from the module's attributes.
 """
 
+import dataclasses
 from typing import Optional, Tuple
 
 import jax
@@ -19,8 +20,8 @@ from ._core.options import Options
 def core_options(module, *, initializing: bool = False, population: bool = False) -> Options:
     """The core's ``Options`` from a module's attributes of the same names (linen or NNX).
 
-    A new option of ``batch_norm`` reaches the modules by giving them an
-    attribute of the option's name; nothing here changes.
+    A new option of ``batch_norm`` reaches the modules as an attribute of the
+    option's name, passed on here (``tests/test_options.py`` fails until it is).
 
     Args:
       module: a bnjax BatchNorm module.
@@ -36,14 +37,22 @@ def core_options(module, *, initializing: bool = False, population: bool = False
     Returns:
       The ``Options``.
     """
-    overrides = {}
-    if module.renorm and not population:
-        overrides["renorm_limits"] = (module.r_max, module.d_max)
-    if population:
-        overrides.update(momentum=None, unbiased=True)
+    options = Options(
+        axis=module.axis,
+        momentum=None if population else module.momentum,
+        epsilon=module.epsilon,
+        unbiased=True if population else module.unbiased,
+        axis_name=module.axis_name,
+        axis_index_groups=module.axis_index_groups,
+        virtual_batch_size=module.virtual_batch_size,
+        check_values=module.check_values,
+        renorm_limits=(module.r_max, module.d_max) if module.renorm and not population else None,
+    )
     if initializing:
-        overrides.update(axis_name=None, axis_index_groups=None, virtual_batch_size=None)
-    return Options.from_keywords(vars(module), **overrides)
+        options = dataclasses.replace(
+            options, axis_name=None, axis_index_groups=None, virtual_batch_size=None
+        )
+    return options
 
 
 def check_dtypes(dtype, param_dtype) -> None:

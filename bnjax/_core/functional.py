@@ -5,13 +5,13 @@ from typing import Optional, Sequence, Tuple, Union
 import jax
 import jax.numpy as jnp
 
-from .._tools.ghost import check_virtual_batch_size, normalize_virtual_batches
-from .._tools.renorm import renorm_scale_and_bias
 from . import validate, value_checks
 from .containers import BatchNormParams, BatchNormState
+from .ghost import check_virtual_batch_size, normalize_virtual_batches
 from .options import Options
+from .renorm import renorm_scale_and_bias
 from .running import update_running_stats
-from .stats import accumulation_dtype, population_estimate, shift_dtype
+from .stats import Reduction, accumulation_dtype, population_estimate, shift_dtype
 from .transform import normalize_eval, normalize_train
 from .validate import feature_shape_from
 
@@ -184,7 +184,12 @@ def batch_norm(
       (2, 2)
 
     """
-    return normalize(x, params, state, train, Options.from_keywords(locals()), mask)
+    options = Options(
+        axis=axis, momentum=momentum, epsilon=epsilon, unbiased=unbiased, axis_name=axis_name,
+        axis_index_groups=axis_index_groups, virtual_batch_size=virtual_batch_size,
+        check_values=check_values,
+    )  # fmt: skip
+    return normalize(x, params, state, train, options, mask)
 
 
 def batch_renorm(
@@ -241,7 +246,11 @@ def batch_renorm(
       >>> bool(jnp.array_equal(y, y_bn))
       True
     """
-    options = Options.from_keywords(locals(), renorm_limits=(r_max, d_max))
+    options = Options(
+        axis=axis, momentum=momentum, epsilon=epsilon, unbiased=unbiased, axis_name=axis_name,
+        axis_index_groups=axis_index_groups, check_values=check_values,
+        renorm_limits=(r_max, d_max),
+    )  # fmt: skip
     return normalize(x, params, state, train, options, mask)
 
 
@@ -298,24 +307,19 @@ def normalize(
     if not train:
         return normalize_eval(x, scale, bias, running_mean, running_var, options.epsilon), state
 
+    reduction = Reduction(layout.reduce_axes, options.axis_name, options.axis_index_groups)
     if options.renorm_limits is not None:  # Batch Renormalization: corrected scale and bias
         scale, bias = renorm_scale_and_bias(
-            x, scale, bias, running_mean, running_var, mask, layout.reduce_axes,
-            options.epsilon, *options.renorm_limits, options.axis_name, options.axis_index_groups,
+            x, scale, bias, running_mean, running_var, mask, reduction, options.epsilon,
+            options.renorm_limits,
         )  # fmt: skip
     if options.virtual_batch_size is None:
-        y, moments = normalize_train(
-            x, scale, bias, mask, running_mean, layout.reduce_axes, options.epsilon,
-            options.axis_name, options.axis_index_groups,
-        )  # fmt: skip
+        y, moments = normalize_train(x, scale, bias, mask, running_mean, reduction, options.epsilon)
         if options.check_values:
             value_checks.check_batch_stats(moments.mean, moments.var)
         estimate = population_estimate(moments, options.unbiased)
     else:  # ghost batches: the average of the groups' estimates (each group corrected alone)
-        y, estimate = normalize_virtual_batches(
-            x, scale, bias, mask, running_mean, layout, options.virtual_batch_size,
-            options.epsilon, options.unbiased,
-        )  # fmt: skip
+        y, estimate = normalize_virtual_batches(x, scale, bias, mask, running_mean, layout, options)
         if options.check_values:
             value_checks.check_batch_stats(estimate.mean, estimate.var)
     new_state = update_running_stats(state, estimate, layout.feature_shape, options.momentum)

@@ -1,9 +1,10 @@
 """Batch norm's options: one frozen object from the public signatures to the core.
 
 ``batch_norm`` and ``batch_renorm`` keep their keyword signatures; the Flax
-modules keep their attributes. Both build one ``Options`` (by field name, so
-a new option is added in three places: the public signature, a field here and
-the code that uses it), and the core reads it. Everything about the options
+and Equinox modules keep their attributes. Each builds one ``Options``, by
+keyword, and the core reads it. A new option is added in three places: the
+public signatures (with the keyword each passes on), a field here and the code
+that uses it; ``tests/test_options.py`` fails while any of them lags. Everything about the options
 that can be checked without the input is checked here, once, in training and
 in evaluation alike.
 """
@@ -12,7 +13,7 @@ import dataclasses
 import math
 import numbers
 import typing
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
 import numpy as np
@@ -45,13 +46,6 @@ class Options:
     check_values: bool = False
     renorm_limits: Optional[Tuple[float, float]] = None
 
-    @classmethod
-    def from_keywords(cls, keywords: Mapping[str, Any], **overrides) -> "Options":
-        """The options among ``keywords`` (e.g. a function's ``locals()``), then ``overrides``."""
-        names = {field.name for field in dataclasses.fields(cls)}
-        values = {name: value for name, value in keywords.items() if name in names}
-        return cls(**{**values, **overrides})
-
     def check(self) -> "Options":
         """Raises a TypeError/ValueError naming the first bad option.
 
@@ -64,7 +58,7 @@ class Options:
         momentum = (
             None
             if self.momentum is None
-            else real_scalar(self.momentum, "momentum", 0.0, 1.0, "in [0, 1]", none_ok=True)
+            else real_scalar(self.momentum, "momentum", MOMENTUM_RANGE)
         )
         epsilon = check_epsilon(self.epsilon)
         if not isinstance(self.unbiased, (bool, np.bool_)):
@@ -83,8 +77,8 @@ class Options:
         limits = self.renorm_limits
         if limits is not None:
             limits = (
-                real_scalar(limits[0], "r_max", 1.0, math.inf, ">= 1"),
-                real_scalar(limits[1], "d_max", 0.0, math.inf, ">= 0"),
+                real_scalar(limits[0], "r_max", Range(1.0, math.inf, ">= 1")),
+                real_scalar(limits[1], "d_max", Range(0.0, math.inf, ">= 0")),
             )
             if self.virtual_batch_size is not None:
                 raise ValueError("renorm and virtual_batch_size cannot be combined")
@@ -94,9 +88,30 @@ class Options:
         )  # fmt: skip
 
 
-def real_scalar(
-    value, name: str, low: float, high: float, allowed: str, *, none_ok=False, finite=False
-) -> Any:
+class Range(NamedTuple):
+    """The values a real scalar hyperparameter may take.
+
+    Attributes:
+      low: the smallest value allowed.
+      high: the largest value allowed (may be ``math.inf``).
+      words: the range in words, for the messages (e.g. ``"in [0, 1]"``).
+      none_ok: whether None is allowed too (said in the messages; the caller
+        handles None before ``real_scalar``).
+      finite: whether the value must be finite.
+    """
+
+    low: float
+    high: float
+    words: str
+    none_ok: bool = False
+    finite: bool = False
+
+
+MOMENTUM_RANGE = Range(0.0, 1.0, "in [0, 1]", none_ok=True)
+EPSILON_RANGE = Range(0.0, math.inf, "a finite number >= 0", finite=True)
+
+
+def real_scalar(value, name: str, allowed: Range) -> Any:
     """A real scalar hyperparameter in [low, high] (finite), as Flax takes it.
 
     A Python number, a NumPy scalar or 0-d array, or a JAX scalar, concrete or
@@ -107,11 +122,7 @@ def real_scalar(
     Args:
       value: the value given.
       name: the argument's name, for the messages.
-      low: the smallest value allowed.
-      high: the largest value allowed (may be ``math.inf``).
-      allowed: the range in words, for the messages (e.g. ``"in [0, 1]"``).
-      none_ok: whether None is allowed (said in the messages).
-      finite: whether the value must be finite.
+      allowed: the range of values (``Range``).
 
     Returns:
       A Python float, or the traced JAX scalar.
@@ -119,11 +130,11 @@ def real_scalar(
     Raises:
       TypeError: anything else (a string, a bool, a complex or non-scalar array).
       ValueError: a concrete value outside the range or NaN (or, with
-        ``finite``, infinite).
+        ``allowed.finite``, infinite).
     """
     expected = (
-        f"{name} must be a real scalar ({allowed}; a Python float, or a NumPy or JAX scalar, "
-        f"traced or not){' or None' if none_ok else ''}"
+        f"{name} must be a real scalar ({allowed.words}; a Python float, or a NumPy or JAX "
+        f"scalar, traced or not){' or None' if allowed.none_ok else ''}"
     )
     if isinstance(value, (bool, np.bool_)) or value is None:
         raise TypeError(f"{expected}, got {value!r} of type {type(value).__name__}")
@@ -141,16 +152,18 @@ def real_scalar(
         number = float(value)
     else:
         raise TypeError(f"{expected}, got {value!r} of type {type(value).__name__}")
-    if not (low <= number <= high) or (finite and not math.isfinite(number)):
+    if not (allowed.low <= number <= allowed.high) or (
+        allowed.finite and not math.isfinite(number)
+    ):
         shown = number if isinstance(value, numbers.Real) else value
-        or_none = " (or None)" if none_ok else ""
-        raise ValueError(f"{name} must be {allowed}{or_none}, got {name}={shown!r}")
+        or_none = " (or None)" if allowed.none_ok else ""
+        raise ValueError(f"{name} must be {allowed.words}{or_none}, got {name}={shown!r}")
     return number
 
 
 def check_epsilon(epsilon) -> Any:
     """Epsilon, a finite real scalar >= 0 (see ``real_scalar``)."""
-    return real_scalar(epsilon, "epsilon", 0.0, math.inf, "a finite number >= 0", finite=True)
+    return real_scalar(epsilon, "epsilon", EPSILON_RANGE)
 
 
 def check_axis_index_groups(groups: Any) -> Tuple[Tuple[int, ...], ...]:

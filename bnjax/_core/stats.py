@@ -63,7 +63,7 @@ parts (mean complex, variance E|x − μ|² real).
 
 import functools
 import math
-from typing import NamedTuple, Optional, Tuple, cast
+from typing import Hashable, NamedTuple, Optional, Tuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -97,6 +97,32 @@ class Moments(NamedTuple):
     var: jax.Array
     shift: jax.Array
     offset: jax.Array
+
+
+class Reduction(NamedTuple):
+    """What the statistics reduce over: static and hashable, one object through the path.
+
+    Built once per call from the options and x's layout (``functional.normalize``)
+    and handed down unchanged to the statistics, the transform and its
+    derivative rule (a ``nondiff_argnums`` / ``static_argnums`` argument).
+
+    Attributes:
+      axes: the axes of x the statistics reduce over (batch and spatial).
+      axis_name: a mapped axis (or a tuple of them) to reduce across, or None.
+      groups: device groups along ``axis_name`` (a tuple of tuples of ints), or None.
+      method: which local statistics (see ``local_moments``); None chooses by
+        the platform the program is lowered for.
+
+    Examples:
+      >>> from bnjax._core.stats import Reduction
+      >>> Reduction((0, 1, 2), axis_name="batch")
+      Reduction(axes=(0, 1, 2), axis_name='batch', groups=None, method=None)
+    """
+
+    axes: Tuple[int, ...]
+    axis_name: Optional[Hashable] = None
+    groups: Optional[Tuple[Tuple[int, ...], ...]] = None
+    method: Optional[str] = None
 
 
 class LocalMoments(NamedTuple):
@@ -233,7 +259,14 @@ def _shift(
     return lax.stop_gradient(shift)
 
 
-def _centred_sums(x, mask, reduce_axes, shift, count, separate=True):
+def _centred_sums(
+    x: jax.Array,
+    mask: Optional[jax.Array],
+    reduce_axes: Tuple[int, ...],
+    shift: jax.Array,
+    count: jax.Array,
+    separate: bool = True,
+):
     """(μ − K, M2) from Σ(x−K) and Σ(x−K)², and whether their error bound is broken.
 
     Returns ``(offset, m2, uncertain)``, ``uncertain`` a scalar bool that is
@@ -273,7 +306,15 @@ def _checked_two_pass(x, mask, reduce_axes, count, hint=None):
     return _again_if(uncertain, x, mask, reduce_axes, count, (shift, offset, m2), separate=True)
 
 
-def _again_if(uncertain, x, mask, reduce_axes, count, first, separate):
+def _again_if(
+    uncertain: jax.Array,
+    x: jax.Array,
+    mask: Optional[jax.Array],
+    reduce_axes: Tuple[int, ...],
+    count: jax.Array,
+    first: Tuple[jax.Array, jax.Array, jax.Array],
+    separate: bool,
+):
     """``first`` = (K, μ − K, M2), or where ``uncertain``, the sums again around K + (μ − K).
 
     The first pass's mean is within a fraction of σ of μ whenever the data's
@@ -483,7 +524,14 @@ def local_moments(
     return LocalMoments(count, shift, offset, m2)
 
 
-def _with_axes(statistics, reduce_axes, x, mask, count, hint):
+def _with_axes(
+    statistics,
+    reduce_axes: Tuple[int, ...],
+    x: jax.Array,
+    mask: Optional[jax.Array],
+    count: jax.Array,
+    hint: Optional[jax.Array],
+):
     """``statistics(x, mask, reduce_axes, count, hint)``, the axes bound first by ``partial``."""
     return statistics(x, mask, reduce_axes, count, hint)
 
@@ -580,10 +628,7 @@ def _sum_into_slots(values: jax.Array, axis_name, axis_index_groups) -> jax.Arra
 def batch_moments(
     x: jax.Array,
     mask: Optional[jax.Array],
-    reduce_axes: Tuple[int, ...],
-    axis_name=None,
-    axis_index_groups=None,
-    method: Optional[str] = None,
+    reduction: Reduction,
     hint: Optional[jax.Array] = None,
 ) -> Moments:
     """Count, mean and biased variance per feature over the reduced axes.
@@ -593,11 +638,8 @@ def batch_moments(
         (float64 for float64/complex128 input).
       mask: optional bool array of ``x``'s rank, broadcastable to ``x``; only
         True positions enter the statistics.
-      reduce_axes: the batch (and spatial) axes to reduce over.
-      axis_name: optional mapped axis (pmap/shard_map/vmap) to reduce across.
-      axis_index_groups: optional groups of devices along ``axis_name``.
-      method: which statistics (see ``local_moments``); None chooses by the
-        platform the program is lowered for.
+      reduction: the axes to reduce over, the mapped axis and device groups to
+        reduce across, and the method (see ``Reduction``).
       hint: optional per-feature value expected near the mean, known before x
         (the running mean), keepdims-shaped, of ``x``'s shift dtype; XLA:TPU's
         statistics centre their sums on it (see ``local_moments``).
@@ -607,19 +649,19 @@ def batch_moments(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from bnjax._core.stats import batch_moments
+      >>> from bnjax._core.stats import Reduction, batch_moments
       >>> x = jnp.array([[1e6 + 1.0], [1e6 - 1.0], [1e6 + 3.0], [1e6 - 3.0]])
-      >>> moments = batch_moments(x, None, (0,))
+      >>> moments = batch_moments(x, None, Reduction((0,)))
       >>> float(moments.var[0, 0]), float(moments.offset[0, 0] + moments.shift[0, 0] - 1e6)
       (5.0, 0.0)
     """
     if jnp.iscomplexobj(x):
-        return _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups, method, hint)
-    local = local_moments(x, mask, reduce_axes, method, hint)
-    if axis_name is None:
+        return _complex_moments(x, mask, reduction, hint)
+    local = local_moments(x, mask, reduction.axes, reduction.method, hint)
+    if reduction.axis_name is None:
         var = local.m2 / safe_count(local.count)
         return Moments(local.count, local.shift + local.offset, var, local.shift, local.offset)
-    gathered = gather_by_sum(jnp.stack(local), axis_name, axis_index_groups)
+    gathered = gather_by_sum(jnp.stack(local), reduction.axis_name, reduction.groups)
     total = combine_moments(LocalMoments(*jnp.moveaxis(gathered, 1, 0)))
     var = total.m2 / safe_count(total.count)
     # The same rounded mean on every device; each device normalizes relative to its
@@ -628,7 +670,9 @@ def batch_moments(
     return Moments(total.count, total.shift + total.offset, var, local.shift, offset)
 
 
-def _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups, method, hint) -> Moments:
+def _complex_moments(
+    x: jax.Array, mask: Optional[jax.Array], reduction: Reduction, hint: Optional[jax.Array]
+) -> Moments:
     """Moments of complex x from those of its real and imaginary parts.
 
     The parts become a leading kept axis; the mean is re + i·im and the
@@ -636,9 +680,9 @@ def _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups, method,
     """
     parts = jnp.stack([jnp.real(x), jnp.imag(x)])
     mask = None if mask is None else mask[None]
-    axes = tuple(a + 1 for a in reduce_axes)
+    axes = tuple(a + 1 for a in reduction.axes)
     hint = None if hint is None else jnp.stack([jnp.real(hint), jnp.imag(hint)])
-    real = batch_moments(parts, mask, axes, axis_name, axis_index_groups, method, hint)
+    real = batch_moments(parts, mask, reduction._replace(axes=axes), hint)
 
     def fold(values):
         return lax.complex(values[0], values[1])
@@ -649,11 +693,11 @@ def _complex_moments(x, mask, reduce_axes, axis_name, axis_index_groups, method,
     )  # fmt: skip
 
 
-def global_sum(values: jax.Array, axis_name=None, axis_index_groups=None) -> jax.Array:
-    """Sums across ``axis_name`` (one all-reduce) when given; identity otherwise."""
-    if axis_name is None:
+def global_sum(values: jax.Array, reduction: Reduction) -> jax.Array:
+    """Sums across ``reduction.axis_name`` (one all-reduce) when given; identity otherwise."""
+    if reduction.axis_name is None:
         return values
-    return lax.psum(values, axis_name, axis_index_groups=axis_index_groups)
+    return lax.psum(values, reduction.axis_name, axis_index_groups=reduction.groups)
 
 
 def typed_as_barrier(values):

@@ -37,6 +37,7 @@ from jax import lax
 
 from .stats import (
     Moments,
+    Reduction,
     batch_moments,
     global_sum,
     masked_sum,
@@ -157,17 +158,15 @@ def _product(x: jax.Array, shift: jax.Array, factor: jax.Array) -> jax.Array:
     return _centered_product(x, shift, factor)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6, 7, 8))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6))
 def normalize_train(
     x: jax.Array,
     scale: jax.Array,
     bias: jax.Array,
     mask: Optional[jax.Array],
     hint: Optional[jax.Array],
-    reduce_axes: Tuple[int, ...],
+    reduction: Reduction,
     epsilon: float,
-    axis_name=None,
-    axis_index_groups=None,
 ) -> Tuple[jax.Array, Moments]:
     """Normalizes ``x`` with its own batch statistics.
 
@@ -180,17 +179,15 @@ def normalize_train(
       hint: optional per-feature value expected near the batch mean (the
         running mean), keepdims-shaped; the statistics may centre on it (see
         ``stats.batch_moments``). Not differentiated.
-      reduce_axes: axes the statistics reduce over.
-      epsilon: added to the variance.
-      axis_name: optional mapped axis to compute the statistics across.
-      axis_index_groups: optional device groups along ``axis_name``.
+      reduction: what the statistics reduce over and across (``stats.Reduction``).
+      epsilon: added to the variance (a scalar, possibly traced).
 
     Returns:
       ``(y, moments)``: the output in ``x``'s dtype and the batch ``Moments``,
       keepdims-shaped.
 
     """
-    moments = batch_moments(x, mask, reduce_axes, axis_name, axis_index_groups, hint=hint)
+    moments = batch_moments(x, mask, reduction, hint)
     # XLA:CPU: keeps XLA from sharing x − K between the variance reduction and the
     # output, which would write it to memory instead of fusing it into both.
     x_out, shift = cpu_barrier((x, moments.shift))
@@ -199,22 +196,25 @@ def normalize_train(
 
 
 @normalize_train.defjvp
-def _normalize_train_jvp(reduce_axes, epsilon, axis_name, axis_index_groups, primals, tangents):
+def _normalize_train_jvp(reduction: Reduction, epsilon, primals, tangents):
     x, scale, bias, mask, hint = primals
     dx, dscale, dbias, _, _ = tangents
-    y, moments = normalize_train(
-        x, scale, bias, mask, hint, reduce_axes, epsilon, axis_name, axis_index_groups
-    )
-    dy, dmoments = _train_tangent(
-        reduce_axes, epsilon, axis_name, axis_index_groups,
-        x, mask, moments, scale, dx, dscale, dbias,
-    )  # fmt: skip
+    y, moments = normalize_train(x, scale, bias, mask, hint, reduction, epsilon)
+    dy, dmoments = _train_tangent(reduction, epsilon, x, mask, moments, scale, dx, dscale, dbias)
     return (y, moments), (dy.astype(y.dtype), dmoments)
 
 
-@functools.partial(_remat, static_argnums=(0, 1, 2, 3))
+@functools.partial(_remat, static_argnums=(0, 1))
 def _train_tangent(
-    reduce_axes, epsilon, axis_name, axis_index_groups, x, mask, moments, scale, dx, dscale, dbias
+    reduction: Reduction,
+    epsilon,
+    x: jax.Array,
+    mask: Optional[jax.Array],
+    moments: Moments,
+    scale: jax.Array,
+    dx: jax.Array,
+    dscale: jax.Array,
+    dbias: jax.Array,
 ):
     """The tangent of (y, moments): linear in (dx, dscale, dbias).
 
@@ -229,9 +229,9 @@ def _train_tangent(
     count = safe_count(moments.count)
     inv_std = lax.rsqrt(moments.var + epsilon)
     dx = dx.astype(dtype)
-    local = _tangent_sums(dx, x, moments.shift, moments.offset, mask, reduce_axes)
-    if axis_name is not None:  # one all-reduce for both sums
-        local = _unpack(global_sum(_pack(local), axis_name, axis_index_groups), local)
+    local = _tangent_sums(dx, x, moments.shift, moments.offset, mask, reduction.axes)
+    if reduction.axis_name is not None:  # one all-reduce for both sums
+        local = _unpack(global_sum(_pack(local), reduction), local)
     sum_dx, sum_dx_centered = local
     dmean = sum_dx / count.astype(dtype)
     half_dvar = sum_dx_centered / count  # mean of Re(conj(x − μ)·dx) = dσ²/2
@@ -244,8 +244,8 @@ def _train_tangent(
         dbias.astype(dtype) - weight.astype(dtype) * dmean,
         (scale * dinv_std + dscale * inv_std).astype(dtype),
     ]
-    if axis_name is not None:  # stacked: one per-device point, one all-reduce
-        offsets = _per_device(jnp.stack(offsets), x, axis_name)
+    if reduction.axis_name is not None:  # stacked: one per-device point, one all-reduce
+        offsets = _per_device(jnp.stack(offsets), x, reduction.axis_name)
     # x − μ̃ (μ̃ the rounded mean) rather than the forward's x − K: the backward's two
     # reductions then share nothing with the statistics' and fuse with each other.
     rounding = moments.offset - (moments.mean - moments.shift)  # μ − μ̃, exact
@@ -255,8 +255,8 @@ def _train_tangent(
         + (offsets[0] - rounding * offsets[1])
     )
     # shift and offset are per device (typed so under shard_map); so are their tangents.
-    zero_shift = _per_device(jnp.zeros_like(moments.shift), x, axis_name)
-    doffset = _per_device(dmean, x, axis_name)
+    zero_shift = _per_device(jnp.zeros_like(moments.shift), x, reduction.axis_name)
+    doffset = _per_device(dmean, x, reduction.axis_name)
     return dy, Moments(jnp.zeros_like(moments.count), dmean, 2 * half_dvar, zero_shift, doffset)
 
 

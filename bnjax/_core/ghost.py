@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 from jax import core as jax_core
 
-from .._core.stats import Moments, unbiased_variance
-from .._core.transform import normalize_train
-from .._core.validate import Layout
+from .options import Options
+from .stats import Moments, Reduction, unbiased_variance
+from .transform import normalize_train
+from .validate import Layout
 
 
 def _split_axis(shape: Tuple[int, ...], axis: int, groups: int) -> Tuple[int, ...]:
@@ -57,9 +58,7 @@ def normalize_virtual_batches(
     mask: Optional[jax.Array],
     hint: Optional[jax.Array],
     layout: Layout,
-    size: int,
-    epsilon: float,
-    unbiased: bool,
+    options: Options,
 ) -> Tuple[jax.Array, Moments]:
     """Normalizes each group of ``size`` examples with its own statistics.
 
@@ -71,10 +70,9 @@ def normalize_virtual_batches(
       hint: optional per-feature value expected near each group's mean (the
         running mean), broadcastable to x; see ``transform.normalize_train``.
       layout: x's axes (the batch axis is ``layout.reduce_axes[0]``).
-      size: examples per virtual batch.
-      epsilon: added to the variance.
-      unbiased: whether the variance for the running statistics gets each
-        group's m/(m−1) correction.
+      options: the checked ``Options``: ``virtual_batch_size`` examples per
+        virtual batch, ``epsilon``, and ``unbiased`` (whether the variance for
+        the running statistics gets each group's m/(m−1) correction).
 
     Returns:
       ``(y, moments)``: the output, and the equally weighted average over
@@ -85,6 +83,9 @@ def normalize_virtual_batches(
       leaves its running statistics unchanged.
     """
     batch_axis = layout.reduce_axes[0]
+    size, unbiased = options.virtual_batch_size, options.unbiased
+    if size is None:
+        raise ValueError("normalize_virtual_batches needs options.virtual_batch_size")
     groups = x.shape[batch_axis] // int(size)
 
     def split(a):
@@ -94,8 +95,9 @@ def normalize_virtual_batches(
 
     reduce_axes = tuple(a + (a > batch_axis) for a in layout.reduce_axes if a != batch_axis)
     reduce_axes = tuple(sorted(reduce_axes + (batch_axis + 1,)))
+    reduction = Reduction(reduce_axes)
     y, moments = normalize_train(
-        split(x), split(scale), split(bias), split(mask), split(hint), reduce_axes, epsilon
+        split(x), split(scale), split(bias), split(mask), split(hint), reduction, options.epsilon
     )
     count, mean, var = (
         jnp.broadcast_to(m, moments.mean.shape) for m in (moments.count, moments.mean, moments.var)

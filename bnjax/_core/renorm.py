@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._core.stats import batch_moments
+from .stats import Reduction, batch_moments
 
 
 def renorm_scale_and_bias(
@@ -23,26 +23,23 @@ def renorm_scale_and_bias(
     running_mean: jax.Array,
     running_var: jax.Array,
     mask: Optional[jax.Array],
-    reduce_axes: Tuple[int, ...],
+    reduction: Reduction,
     epsilon: float,
-    r_max: float,
-    d_max: float,
-    axis_name=None,
-    axis_index_groups=None,
+    limits: Tuple[float, float],
 ) -> Tuple[jax.Array, jax.Array]:
     """Returns (γ·r, β + γ·d), with r and d under ``stop_gradient``.
 
     All per-feature arguments broadcast against ``x`` and are in the
-    accumulation dtype. The batch moments computed here are the ones the
-    transform computes again; XLA merges the two. μ_B − μ is taken relative to
-    the moments' shift K, (K − μ) + (μ_B − K), with μ_B − K computed without
-    rounding μ_B: at an offset of 1e6 std the float32-rounded μ_B alone would
-    be off by up to 1/32 std.
+    accumulation dtype; ``limits`` is ``(r_max, d_max)``. The batch moments
+    computed here are the ones the transform computes again; XLA merges the
+    two. μ_B − μ is taken relative to the moments' shift K,
+    (K − μ) + (μ_B − K), with μ_B − K computed without rounding μ_B: at an
+    offset of 1e6 std the float32-rounded μ_B alone would be off by up to
+    1/32 std.
     """
     # r and d are constants for the gradient: nothing differentiates the statistics.
-    moments = batch_moments(
-        lax.stop_gradient(x), mask, reduce_axes, axis_name, axis_index_groups, hint=running_mean
-    )
+    moments = batch_moments(lax.stop_gradient(x), mask, reduction, hint=running_mean)
+    r_max, d_max = limits
     sigma = jnp.sqrt(running_var + epsilon)
     r = jnp.clip(jnp.sqrt(moments.var + epsilon) / sigma, 1 / r_max, r_max)
     # μ_B − μ from the shift and the exact offset: (K − μ) + (μ_B − K), never the
