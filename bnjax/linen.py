@@ -17,6 +17,8 @@ from ._frontend import (
 from ._tools.population import COLLECTION, population_requested
 from ._tools.population import recompute_population_stats as recompute_population_stats
 
+__all__ = ["BatchNorm", "recompute_population_stats"]
+
 
 class BatchNorm(nn.Module):
     """Batch normalization (Ioffe & Szegedy, 2015) as a ``flax.linen`` module.

@@ -21,6 +21,8 @@ from ._frontend import (
 )
 from ._tools.population import check_contributions, iterate_batches
 
+__all__ = ["BatchNorm", "recompute_population_stats"]
+
 
 class BatchNorm(nnx.Module):
     """Batch normalization (Ioffe & Szegedy, 2015) as a ``flax.nnx`` module.

@@ -58,11 +58,13 @@ assert not loaded, loaded
 """
 
 
+@pytest.mark.slow
 def test_the_core_runs_without_flax_and_the_front_ends_load_on_first_use():
     out = python(CORE_WITHOUT_FLAX + "print(bnjax.BatchNorm.__module__, 'flax' in sys.modules)\n")
     assert out.split() == ["bnjax.linen", "True"]
 
 
+@pytest.mark.slow
 def test_the_core_imports_where_flax_cannot_be_imported():
     # sys.modules[name] = None is what a missing package looks like to `import`.
     blocked = "import sys\nfor name in ('flax', 'optax', 'tqdm'):\n    sys.modules[name] = None\n"
@@ -119,7 +121,22 @@ def test_the_demo_is_a_package_of_its_own():
         assert importlib.util.find_spec(old) is None
 
 
+@pytest.mark.slow
 def test_the_equinox_front_end_and_its_tools_need_no_flax():
     blocked = "import sys\nfor name in ('flax', 'optax', 'tqdm'):\n    sys.modules[name] = None\n"
     out = python(blocked + "import bnjax.equinox\nprint(' '.join(bnjax.equinox.__all__))\n")
     assert out.split() == ["BatchNorm", "fold_into_linear", "recompute_population_stats"]
+
+
+@pytest.mark.parametrize("name", ["bnjax.linen", "bnjax.nnx", "bnjax.equinox", "bnjax.demo"])
+def test_every_public_module_lists_its_public_names(name):
+    module = importlib.import_module(name)
+    defined_here = {
+        attribute
+        for attribute, value in vars(module).items()
+        if not attribute.startswith("_")
+        and callable(value)
+        and getattr(value, "__module__", "").startswith(name)
+    }
+    assert set(module.__all__) >= defined_here
+    assert all(hasattr(module, attribute) for attribute in module.__all__)
