@@ -28,6 +28,7 @@ def _bnjax(target, dtype, mode, shape=bench.LAYER_SHAPE, common=False):
     return bench.layer_figures(target, "bnjax", dtype, mode, shape)
 
 
+@pytest.mark.slow
 @needs_compilers
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("target", TARGETS)
@@ -55,6 +56,7 @@ def test_the_tpu_second_pass_is_one_conditional_reading_x_once(dtype):
     assert whole["temp_per_x"] < 0.01, whole
 
 
+@pytest.mark.slow
 @needs_compilers
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("target", TARGETS)
@@ -92,6 +94,7 @@ def test_tpu_cost_model_time_equals_flax_on_the_common_path():
         assert found <= flax * 1.001, (mode, found, flax)
 
 
+@pytest.mark.slow
 @needs_compilers
 def test_tpu_training_step_matches_flax_on_the_common_path():
     """A whole jitted ResNet-8 training step on the TPU v5e: the statistics' sums centred on the

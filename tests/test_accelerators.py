@@ -147,6 +147,7 @@ def _no_constants(name):
     raise ValueError(f"not strict JSON: {name}")
 
 
+@pytest.mark.slow
 @needs_compilers
 def test_cli_compiles_for_both_targets_and_writes_strict_json(tmp_path, capsys):
     path = tmp_path / "accelerators.json"

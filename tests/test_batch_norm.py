@@ -41,6 +41,7 @@ def check_against_oracle(bn, x, params, state, train, atol=2e-5, **kwargs):
     return y, new_state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape, axis", LAYOUTS)
 @pytest.mark.parametrize("train", [True, False])
 def test_matches_oracle_across_layouts(bn, shape, axis, train):
@@ -50,6 +51,7 @@ def test_matches_oracle_across_layouts(bn, shape, axis, train):
     assert int(new_state.count) == int(state.count) + train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("momentum", [0.99, 0.5, 0.0, 1.0, None])
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_momentum_and_unbiased(momentum, unbiased):
@@ -80,6 +82,7 @@ def test_eval_returns_state_unchanged():
     assert new_state is state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "mask_shape",
     [

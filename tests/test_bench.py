@@ -31,6 +31,7 @@ def _no_constants(name):
     raise ValueError(f"not strict JSON: {name}")
 
 
+@pytest.mark.slow
 def test_bench_writes_records_table_and_plot(tmp_path, monkeypatch, capsys):
     path, png = tmp_path / "bench.json", tmp_path / "bench.png"
     out = run_main(monkeypatch, capsys, "--json", str(path), "--plot", str(png))
@@ -57,6 +58,7 @@ def test_bench_writes_records_table_and_plot(tmp_path, monkeypatch, capsys):
     assert png.read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_failing_peers_are_noted(tmp_path, monkeypatch, capsys):
     other_backend = types.SimpleNamespace(backend=types.SimpleNamespace(backend=lambda: "torch"))
     monkeypatch.setitem(sys.modules, "keras", other_backend)
@@ -182,6 +184,7 @@ JAX_PEERS = {
 EVAL_MATCHES_BNJAX = {"flax.linen", "flax.nnx", "bnjax.equinox", "keras"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(JAX_PEERS))
 @pytest.mark.parametrize("train", [True, False])
 def test_jax_peers_compute_batch_norm(name, train):

@@ -39,6 +39,7 @@ def compiled_step(name, dtype_name):
         return bench.compile_step(model, x, labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "dtype_name",
     [
@@ -57,6 +58,7 @@ def _no_constants(name):
     raise ValueError(f"not strict JSON: {name}")
 
 
+@pytest.mark.slow
 def test_every_framework_trains_and_the_run_writes_strict_json(tmp_path, monkeypatch, capsys):
     """``--model`` on a tiny ResNet, float32 only: every installed peer's step runs."""
     tiny = bench.Network(functools.partial(bench.resnet, widths=(4,)), "a tiny ResNet")

@@ -48,6 +48,7 @@ def test_masked_training_and_evaluation_with_complex_running_mean():
     chex.assert_trees_all_equal(same, trained)
 
 
+@pytest.mark.slow
 def test_gradients_second_order_forward_and_reverse():
     with jax.enable_x64(True):
         x = complex_array((5, 3), seed=4, dtype=np.complex128)
@@ -74,6 +75,7 @@ def test_renorm_rejects_complex_input():
         bnjax.batch_renorm(complex_array((3, 2)), params, state, True)
 
 
+@pytest.mark.slow
 def test_linen_and_nnx_modules_match_flax_linen_on_complex_input():
     import flax.linen as nn
     from flax import nnx

@@ -119,6 +119,7 @@ def short_runs():
     return demo.figure1(demo.load_digits(), SHORT, progress=False)
 
 
+@pytest.mark.slow
 def test_experiment_records_on_schedule(short_runs):
     for run in short_runs.values():
         assert run["step"] == [0, 200, 400, 600]
@@ -149,6 +150,7 @@ def reject_constant(name):
     raise ValueError(f"not strict JSON: {name}")
 
 
+@pytest.mark.slow
 def test_main_writes_results_figure_and_table(tmp_path, capsys):
     out = tmp_path / "out"
     assert demo.main(["--steps", "40", "--out", str(out), "--seed", "3"]) == 0
@@ -168,6 +170,7 @@ def test_main_writes_results_figure_and_table(tmp_path, capsys):
     assert "acc baseline" in printed and "wrote" in printed
 
 
+@pytest.mark.slow
 def test_main_reads_mnist(tmp_path, capsys):
     write_mnist(tmp_path, train=90, test=30)
     assert demo.main(["--steps", "10", "--out", str(tmp_path / "o"), "--mnist", str(tmp_path)]) == 0
@@ -190,6 +193,7 @@ def test_main_rejects_bad_arguments_before_training(args, message, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_record_steps_are_spread_evenly():
     config = demo.ExperimentConfig(steps=7, num_records=3, hidden=(4,), batch_size=5)
     assert demo.run_experiment(config, demo.load_digits(), progress=False)["step"] == [0, 2, 5, 7]

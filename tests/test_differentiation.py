@@ -21,6 +21,7 @@ def _loss_and_grads(x, params, state, cotangent, **kwargs):
     return pullback(cotangent)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shape, axis, mask_shape",
     [((12, 4), -1, None), ((3, 4, 2, 5), 1, None), ((6, 5, 3), -1, (6, 5, 1))],
@@ -66,6 +67,7 @@ CHECK_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CHECK_CASES)
 def test_check_grads_second_order_forward_and_reverse(case):
     with jax.enable_x64(True):
@@ -99,6 +101,7 @@ def test_running_statistics_carry_no_gradient():
     np.testing.assert_array_equal(grads, np.zeros((6, 3)))
 
 
+@pytest.mark.slow
 def test_jvp_jacfwd_hessian_agree_with_reverse_mode():
     x = jnp.asarray(random_array((4, 2), seed=26))
     params, state = random_params(2)
@@ -129,6 +132,7 @@ def saved_bytes(f, x, params):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("with_mask", [False, True])

@@ -42,6 +42,7 @@ def site(tmp_path_factory):
     return out / "html", build
 
 
+@pytest.mark.slow
 def test_the_site_builds_strictly(site):
     html, build = site
     assert build.returncode == 0, (build.stdout + build.stderr)[-6000:]
@@ -123,6 +124,7 @@ def _open(browser, url, problems):
     return page
 
 
+@pytest.mark.slow
 def test_pages_in_a_browser(server, tmp_path):
     from playwright.sync_api import sync_playwright
 

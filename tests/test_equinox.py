@@ -43,6 +43,7 @@ def stats(x):
     return mean.reshape(-1), var.reshape(-1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("example", [(3,), (3, 4, 5), (3, 2, 4, 5)], ids=["C", "CHW", "CDHW"])
 def test_training_and_inference_match_the_float64_reference(mode, example):
@@ -62,6 +63,7 @@ def test_training_and_inference_match_the_float64_reference(mode, example):
     assert eqx.tree_equal(state2, state)  # inference leaves the statistics alone
 
 
+@pytest.mark.slow
 def test_batch_mode_keeps_the_exact_weighted_average_from_the_first_step():
     m = 0.9
     bn, state = eqx.nn.make_with_state(BatchNorm)(2, "batch", mode="batch", momentum=m)
@@ -82,6 +84,7 @@ def test_batch_mode_keeps_the_exact_weighted_average_from_the_first_step():
     np.testing.assert_allclose(running(bn, state)[1], stats(np.asarray(x))[1], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_batch_mode_momentum_none_keeps_the_cumulative_average_and_unbiased_is_offered():
     bn, state = eqx.nn.make_with_state(BatchNorm)(
         2, "batch", mode="batch", momentum=None, unbiased=True
@@ -96,6 +99,7 @@ def test_batch_mode_momentum_none_keeps_the_cumulative_average_and_unbiased_is_o
     )
 
 
+@pytest.mark.slow
 def test_ema_mode_is_equinoxs_meaning():
     m = 0.8
     bn, state = eqx.nn.make_with_state(BatchNorm)(3, "batch", mode="ema", momentum=m)
@@ -127,6 +131,7 @@ def test_inference_before_training_uses_mean_0_and_variance_1(mode):
     np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("mode", MODES)
 def test_half_precision_input_with_float32_statistics(mode, dtype):
@@ -145,6 +150,7 @@ def test_half_precision_input_with_float32_statistics(mode, dtype):
     assert y_eval.dtype == dtype
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_nested_vmaps_over_a_tuple_of_names_and_an_unnamed_outer_vmap(mode):
     bn, state = eqx.nn.make_with_state(BatchNorm)(3, ("outer", "inner"), mode=mode)
@@ -164,6 +170,7 @@ def test_nested_vmaps_over_a_tuple_of_names_and_an_unnamed_outer_vmap(mode):
     assert running(bn, states)[0].shape == (2, 3)
 
 
+@pytest.mark.slow
 def test_works_under_equinoxs_test_settings():
     bn, state = eqx.nn.make_with_state(BatchNorm)(3, "batch", mode="batch")
     with jax.numpy_rank_promotion("raise"), jax.numpy_dtype_promotion("strict"):
@@ -240,6 +247,7 @@ def test_a_state_from_another_model_is_named():
         batched(eqx.nn.inference_mode(bn))(x, wider_state)
 
 
+@pytest.mark.slow
 def test_uneven_batches_across_devices_are_weighted_by_their_valid_examples():
     """A per-example mask: 4 valid examples on one device, 1 on the other; ranks (C, H)."""
     bn, state = eqx.nn.make_with_state(BatchNorm)(3, ("device", "batch"), mode="batch")
@@ -282,6 +290,7 @@ def test_lax_scan_carries_the_state_through_training_steps():
     assert int(state.get(bn.batch_counter)) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_filter_vmap_ensemble_keeps_one_set_of_statistics_per_member(mode):
     @eqx.filter_vmap
@@ -304,6 +313,7 @@ def test_filter_vmap_ensemble_keeps_one_set_of_statistics_per_member(mode):
         np.testing.assert_allclose((means[i], variances[i]), stats(h), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sequential_training_step_with_filter_jit_and_filter_grad():
     key1, key2 = jax.random.split(jax.random.key(0))
     model, state = eqx.nn.make_with_state(eqx.nn.Sequential)(
@@ -338,6 +348,7 @@ def test_sequential_training_step_with_filter_jit_and_filter_grad():
     assert y.shape == (16, 1) and bool(jnp.all(jnp.isfinite(y)))
 
 
+@pytest.mark.slow
 def test_state_round_trips_through_serialisation(tmp_path):
     bn, state = eqx.nn.make_with_state(BatchNorm)(3, "batch", mode="batch")
     _, state = batched(bn)(data((4, 3)), state)

@@ -41,6 +41,7 @@ def linear64(layer, h):
     return h @ np.asarray(layer.weight, np.float64).T + np.asarray(layer.bias, np.float64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["batch", "ema"])
 def test_population_statistics_are_the_float64_average_over_the_batches(mode):
     model, state = two_layer_model(mode)
@@ -69,6 +70,7 @@ def test_population_statistics_are_the_float64_average_over_the_batches(mode):
     np.testing.assert_array_equal(state.get(running_index(model[1]))[0], before[0])
 
 
+@pytest.mark.slow
 def test_population_statistics_refuse_unusable_batches_and_models_without_layers():
     model, state = two_layer_model("batch")
     ones = [data((4, 3)), data((1, 3))]  # one example has no unbiased variance

@@ -107,6 +107,7 @@ def test_ghost_batches_with_an_outlier_first_in_a_group():
     assert np.max(np.abs(np.asarray(y, np.float64) - y_ref)) <= 1e-3
 
 
+@pytest.mark.slow
 def test_renorm_with_an_outlier_first():
     x = _outlier_first(rows=4000, seed=6)
     params, state = bnjax.init(2)

@@ -35,6 +35,7 @@ def _same(exported, function, shapes):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["eval", "train", "mask", "renorm"])
 def test_functional_api_exports_with_symbolic_batch_height_and_width(name):
     b, h, w = export.symbolic_shape("b, h, w")
@@ -44,6 +45,7 @@ def test_functional_api_exports_with_symbolic_batch_height_and_width(name):
     _same(exported, FUNCTIONS[name], [(2, 3, 4, 5), (5, 1, 7, 5)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["eval", "train"])
 def test_dense_input_exports_with_a_symbolic_batch(name):
     (b,) = export.symbolic_shape("b")
@@ -65,6 +67,7 @@ def test_ghost_batches_with_a_batch_not_known_to_divide_name_the_fix():
         export.export(jax.jit(FUNCTIONS["ghost"]))(jax.ShapeDtypeStruct((b, 5), jnp.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train", [False, True])
 def test_linen_module_exports(train):
     module = bnjax.linen.BatchNorm(use_running_average=not train)

@@ -122,6 +122,7 @@ class CNN(nn.Module):
 X_IMG = random_array((4, 5, 5, 4), seed=3, loc=0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flops", [False, True])
 def test_tabulate_of_a_reused_block_matches_flax(flops):
     kwargs = dict(show_repeated=True, compute_flops=flops, compute_vjp_flops=flops)
@@ -157,10 +158,12 @@ def _compare_linen(make, x, *, both_ways=True):
     )
 
 
+@pytest.mark.slow
 def test_linen_module_reuse_matches_flax():
     _compare_linen(CNN, X_IMG)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lift", ["remat", "jit"])
 def test_linen_remat_and_jit_match_flax(lift):
     def make(norm):
@@ -176,6 +179,7 @@ def test_linen_remat_and_jit_match_flax(lift):
     _compare_linen(make, X_IMG)
 
 
+@pytest.mark.slow
 def test_linen_vmap_and_scan_match_flax():
     x = random_array((3, 6, 4), seed=4, loc=1.0)
 
@@ -285,6 +289,7 @@ def _nnx_train_step(model, optimizer, x):
     return loss, grads
 
 
+@pytest.mark.slow
 def test_nnx_split_merge_state_update_and_optimizer_match_flax():
     theirs, ours = _pair()
     chex.assert_trees_all_equal_shapes_and_dtypes(nnx.state(ours), nnx.state(theirs))
@@ -315,6 +320,7 @@ def test_nnx_split_merge_state_update_and_optimizer_match_flax():
     chex.assert_trees_all_equal(nnx.state(fresh), nnx.state(ours))
 
 
+@pytest.mark.slow
 def test_nnx_vmap_scan_remat_eval_shape_match_flax():
     def run(norm):
         @nnx.split_rngs(splits=3)
@@ -383,6 +389,7 @@ def test_nnx_hijax_variables_match_flax():
     chex.assert_trees_all_close(run(bnjax.nnx.BatchNorm), run(nnx.BatchNorm), **TOL)
 
 
+@pytest.mark.slow
 def test_nnx_bridge_both_ways_matches_flax():
     # linen BatchNorm inside NNX (ToNNX)
     def to_nnx(norm):

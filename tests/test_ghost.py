@@ -44,6 +44,7 @@ def test_groups_without_valid_elements_are_left_out_of_the_average():
     np.testing.assert_allclose(new_state.var, first_group.var, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradients_flow_per_group():
     x = random_array((8, 3), seed=72)
     params, state = random_params(3)
@@ -74,6 +75,7 @@ def test_bad_virtual_batch_size(kwargs, pattern):
         bnjax.batch_norm(random_array((8, 3)), params, state, True, **kwargs)
 
 
+@pytest.mark.slow
 def test_modules_forward_virtual_batch_size():
     x = random_array((8, 3), seed=73)
     params, state = bnjax.init(3)

@@ -18,6 +18,7 @@ def both(**kwargs):
     return nn.BatchNorm(**kwargs), bnjax.BatchNorm(**kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shape, axis", [((4, 3, 3, 6), -1), ((4, 6, 3, 3), 1), ((4, 3, 5, 2), (1, 3))]
 )
@@ -146,6 +147,7 @@ def train(norm, steps=4, variables=None, opt_state=None, data=None):
     return {"params": params, "batch_stats": batch_stats}, opt_state
 
 
+@pytest.mark.slow
 def test_swapping_flax_batchnorm_for_bnjax_gives_the_same_training():
     ours, _ = train(bnjax.BatchNorm)
     theirs, _ = train(nn.BatchNorm)
@@ -156,6 +158,7 @@ def test_swapping_flax_batchnorm_for_bnjax_gives_the_same_training():
     np.testing.assert_allclose(logits_ours, logits_theirs, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_resumes_bit_identically():
     data = digits_like_data(6)
     straight, _ = train(bnjax.BatchNorm, data=data)
@@ -211,6 +214,7 @@ def test_feature_size_different_from_creation():
         bnjax.BatchNorm(use_running_average=True).apply(variables, random_array((4, 5)))
 
 
+@pytest.mark.slow
 def test_nn_vmap_ensemble_and_nested_vmap():
     x = random_array((3, 8, 2), seed=43)
     Ensemble = nn.vmap(
@@ -255,6 +259,7 @@ class DenseBN(nn.Module):
         return nn.relu(bnjax.BatchNorm(use_running_average=False)(x)), None
 
 
+@pytest.mark.slow
 def test_nn_scan_over_stacked_layers():
     Stack = nn.scan(
         DenseBN,

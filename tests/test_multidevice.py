@@ -41,6 +41,7 @@ def results():
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CHECKS)
 def test_on_eight_devices(results, name):
     assert results[name] == "ok", results[name]
@@ -52,6 +53,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_over_loopback_equal_one_global_batch(tmp_path):
     port, out = _free_port(), tmp_path / "result.npz"
     workers = [

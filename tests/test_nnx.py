@@ -95,6 +95,7 @@ def train(norm, steps=4):
     return model
 
 
+@pytest.mark.slow
 def test_nnx_training_matches_flax_nnx_and_updates_statistics_in_place():
     ours, theirs = train(bnjax.nnx.BatchNorm), train(nnx.BatchNorm)
     assert np.all(np.asarray(ours.bn1.var[...]) != 1.0)  # updated in place inside nnx.jit
@@ -105,6 +106,7 @@ def test_nnx_training_matches_flax_nnx_and_updates_statistics_in_place():
     np.testing.assert_allclose(ours(images), theirs(images), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_nnx_vmap_ensemble_eval_shape_and_scan():
     @nnx.split_rngs(splits=3)
     @nnx.vmap(in_axes=0, out_axes=0)

@@ -46,6 +46,7 @@ def test_float16_whose_squares_overflow():
     np.testing.assert_allclose(new_state.var, var_ref.ravel(), rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "x",
     [

@@ -159,12 +159,14 @@ print(bnjax.__file__)
 """
 
 
+@pytest.mark.slow
 def test_fresh_install_runs_the_library_without_the_extras(fresh_python, tmp_path):
     done = run([str(fresh_python), "-c", LIBRARY_WITHOUT_EXTRAS], cwd=tmp_path)
     location = pathlib.Path(done.stdout.strip())
     assert fresh_python.parents[1] in location.parents  # the wheel's bnjax, not this checkout
 
 
+@pytest.mark.slow
 def test_fresh_install_runs_the_demo(fresh_python, tmp_path):
     out = tmp_path / "out"
     # cwd: `python -m` puts the working directory first on the path; this checkout must not be.

@@ -44,6 +44,7 @@ def expected_population(params, batches):
     return {i: (np.mean(means[i], 0), np.mean(variances[i], 0)) for i in (0, 1)}
 
 
+@pytest.mark.slow
 def test_linen_population_statistics_in_closed_form():
     model = TwoLayers()
     variables = model.init(jax.random.key(0), BATCHES[0], train=False)
@@ -106,6 +107,7 @@ def test_nnx_population_statistics_match_linen_math_and_restore_modes(capsys):
         bnjax.nnx.recompute_population_stats(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), BATCHES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_fold_dense_and_conv_equal_linear_then_bn(use_bias):
     params, state = random_params(6)
@@ -178,6 +180,7 @@ class NNXRenormThenBN(nnx.Module):
 RENORM_BATCHES = [random_array((64, 2), seed=200 + i, loc=10.0, scale=4.0) for i in range(8)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first_running", [(10.0, 16.0), (0.0, 1.0)])
 def test_population_after_a_renorm_layer_linen_and_nnx(first_running):
     """The renorm layer normalizes with batch statistics: the next layer sees mean 0, var 1.
@@ -222,6 +225,7 @@ def _snapshot(model):
     return nnx.to_pure_dict(nnx.state(model)), options
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sizes", [(1, 1, 1), (10, 1, 10)])
 def test_batches_without_a_variance_raise_naming_the_layer_and_change_nothing(sizes):
     batches = [random_array((n, 5), seed=300 + i) for i, n in enumerate(sizes)]
@@ -244,6 +248,7 @@ def test_batches_without_a_variance_raise_naming_the_layer_and_change_nothing(si
     assert _snapshot(nnx_model)[1] == before[1]
 
 
+@pytest.mark.slow
 def test_nnx_failure_part_way_leaves_the_model_exactly_as_it_was():
     model = NNXTwoLayers(nnx.Rngs(0))
     model.bn_out.momentum = 0.5
@@ -321,6 +326,7 @@ class ScannedStack(nn.Module):
         return stack(name="stack")(x, None)[0]
 
 
+@pytest.mark.slow
 def test_linen_population_statistics_of_layers_stacked_by_nn_scan():
     batches = [random_array((9, 3), seed=120 + i, loc=2.0 * i) for i in range(3)]
     model = ScannedStack()

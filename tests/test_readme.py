@@ -29,6 +29,7 @@ def test_one_example_per_front_end():
     assert [sum(front in block for block in BLOCKS) for front in fronts] == [1, 1, 1, 1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_each_python_block_runs_alone_and_prints_what_it_shows(index):
     block = BLOCKS[index]

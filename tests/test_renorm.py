@@ -19,6 +19,7 @@ renorm_jit = jax.jit(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("r_max, d_max", [(3.0, 5.0), (1.5, 0.5), (1.0, 0.0)])
 @pytest.mark.parametrize("shape, axis", [((16, 4), -1), ((4, 3, 5, 2), 1)])
 def test_matches_closed_form_and_updates_statistics_like_batch_norm(shape, axis, r_max, d_max):
@@ -45,6 +46,7 @@ def test_r_max_1_d_max_0_and_eval_are_exactly_batch_norm():
     np.testing.assert_array_equal(y_eval, bnjax.batch_norm(x, params, state, False)[0])
 
 
+@pytest.mark.slow
 def test_r_and_d_are_constants_for_the_gradient():
     x = random_array((12, 3), seed=82, loc=1.0, scale=3.0)
     g = random_array((12, 3), seed=83)
@@ -61,6 +63,7 @@ def test_r_and_d_are_constants_for_the_gradient():
     np.testing.assert_allclose(dparams.bias, g.sum(0), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_check_grads_forward_and_reverse_second_order():
     with jax.enable_x64(True):
         x = random_array((6, 3), seed=84, loc=1.0, dtype=np.float64)

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import jit_batch_norm, random_array, random_params
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,6 +13,7 @@ from oracle import batch_stats, reference
 import bnjax
 
 
+@pytest.mark.slow
 def test_vmap_with_axis_name_equals_the_global_batch():
     x = random_array((4, 3, 5), seed=30, loc=1e3)  # 4 mapped "devices", 3 examples each
     mask = np.random.default_rng(31).random((4, 3, 1)) < 0.7
@@ -62,6 +64,7 @@ def test_vmap_over_an_ensemble_keeps_members_independent():
         chex.assert_trees_all_close(jax.tree.map(lambda s, i=i: s[i], new_states), state_i)
 
 
+@pytest.mark.slow
 @given(
     shape=st.lists(st.integers(1, 4), min_size=1, max_size=4),
     data=st.data(),

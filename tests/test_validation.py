@@ -125,6 +125,7 @@ def test_errors_are_raised_at_trace_time_under_jit():
         jax.jit(lambda x: call(x=x))(random_array((8, 5)))
 
 
+@pytest.mark.slow
 def test_numpy_integers_are_accepted():
     params, state = bnjax.init(np.int64(4))
     assert state.mean.shape == (4,)
