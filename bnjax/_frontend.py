@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from ._core import validate
 from ._core.containers import BatchNormParams, BatchNormState
@@ -143,7 +144,7 @@ def _widest(dtypes) -> jnp.dtype:
     return widest
 
 
-def output_dtype(x: jax.Array, dtype, *promoted_with: Optional[jax.Array]) -> jnp.dtype:
+def output_dtype(x: ArrayLike, dtype, *promoted_with: Optional[jax.Array]) -> jnp.dtype:
     """Flax's rule: ``dtype`` when given, else x promoted with the given variables.
 
     Written out for inexact dtypes so that it also holds under
@@ -152,7 +153,7 @@ def output_dtype(x: jax.Array, dtype, *promoted_with: Optional[jax.Array]) -> jn
     """
     if dtype is not None:
         return jnp.dtype(dtype)
-    dtypes = [jnp.dtype(v.dtype) for v in (x, *promoted_with) if v is not None]
+    dtypes = [jnp.asarray(v).dtype for v in (x, *promoted_with) if v is not None]
     inexact = [d for d in dtypes if jnp.issubdtype(d, jnp.inexact)]
     return _widest(inexact) if inexact else jnp.dtype(jnp.float32)
 
@@ -181,7 +182,7 @@ def promote_like_flax_nnx(arrays, dtype):
 
 
 def call_core(
-    x: jax.Array,
+    x: ArrayLike,
     scale: Optional[jax.Array],
     bias: Optional[jax.Array],
     mean: jax.Array,
@@ -190,7 +191,7 @@ def call_core(
     train: bool,
     dtype,
     options: Options,
-    mask: Optional[jax.Array] = None,
+    mask: Optional[ArrayLike] = None,
     layout: Optional[validate.Layout] = None,
 ) -> Tuple[jax.Array, BatchNormState]:
     """Casts x to the computation dtype and runs the core's ``normalize`` on module variables.

@@ -13,6 +13,7 @@ from typing import Any, Callable, Hashable, Iterable, Literal, Optional, Sequenc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from ._core import validate
 from ._core.containers import BatchNormParams, BatchNormState
@@ -179,12 +180,12 @@ class BatchNorm(eqx.nn.StatefulLayer):
 
     def __call__(
         self,
-        x: jax.Array,
+        x: ArrayLike,
         state: eqx.nn.State,
         *,
         key: Any = None,
         inference: Optional[bool] = None,
-        mask: Any = None,
+        mask: Optional[ArrayLike] = None,
     ) -> Tuple[jax.Array, eqx.nn.State]:
         """Normalizes one example; in training, returns the state with updated statistics.
 

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax.linen import initializers
+from jax.typing import ArrayLike
 
 from ._frontend import (
     call_core,
@@ -99,10 +100,10 @@ class BatchNorm(nn.Module):
     @nn.compact
     def __call__(
         self,
-        x: jax.Array,
+        x: ArrayLike,
         use_running_average: Optional[bool] = None,
         *,
-        mask: Optional[jax.Array] = None,
+        mask: Optional[ArrayLike] = None,
     ) -> jax.Array:
         """Normalizes ``x``; in training, updates ``batch_stats`` (which must be mutable).
 

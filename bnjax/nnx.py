@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx import initializers
 from flax.nnx.nn import dtypes as flax_dtypes
+from jax.typing import ArrayLike
 
 from ._core.validate import feature_shape_from
 from ._frontend import (
@@ -149,10 +150,10 @@ class BatchNorm(nnx.Module):
 
     def __call__(
         self,
-        x: jax.Array,
+        x: ArrayLike,
         use_running_average: Optional[bool] = None,
         *,
-        mask: Optional[jax.Array] = None,
+        mask: Optional[ArrayLike] = None,
     ) -> jax.Array:
         """Normalizes ``x``; in training, updates ``mean``/``var`` in place.
 

@@ -4,6 +4,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from . import validate, value_checks
 from .containers import BatchNormParams, BatchNormState
@@ -85,7 +86,7 @@ def _per_feature(value: Optional[jax.Array], fill: float, layout, dtype) -> jax.
 
 
 def batch_norm(
-    x: jax.Array,
+    x: ArrayLike,
     params: BatchNormParams,
     state: BatchNormState,
     train: bool,
@@ -94,7 +95,7 @@ def batch_norm(
     momentum: Optional[float] = 0.99,
     epsilon: float = 1e-5,
     unbiased: bool = False,
-    mask: Optional[jax.Array] = None,
+    mask: Optional[ArrayLike] = None,
     axis_name=None,
     axis_index_groups=None,
     virtual_batch_size: Optional[int] = None,
@@ -193,7 +194,7 @@ def batch_norm(
 
 
 def batch_renorm(
-    x: jax.Array,
+    x: ArrayLike,
     params: BatchNormParams,
     state: BatchNormState,
     train: bool,
@@ -204,7 +205,7 @@ def batch_renorm(
     momentum: Optional[float] = 0.99,
     epsilon: float = 1e-5,
     unbiased: bool = False,
-    mask: Optional[jax.Array] = None,
+    mask: Optional[ArrayLike] = None,
     axis_name=None,
     axis_index_groups=None,
     check_values: bool = False,
@@ -255,12 +256,12 @@ def batch_renorm(
 
 
 def normalize(
-    x: jax.Array,
+    x: ArrayLike,
     params: BatchNormParams,
     state: BatchNormState,
     train: bool,
     options: Options,
-    mask: Optional[jax.Array] = None,
+    mask: Optional[ArrayLike] = None,
     layout: Optional[validate.Layout] = None,
 ) -> Tuple[jax.Array, BatchNormState]:
     """What ``batch_norm``, ``batch_renorm`` and the Flax modules run: one path, top to bottom.

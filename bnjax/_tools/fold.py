@@ -4,6 +4,7 @@ from typing import Any, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from .._core.containers import BatchNormParams, BatchNormState
 from .._core.options import check_epsilon
@@ -13,8 +14,8 @@ from .._core.validate import check_containers, check_floating
 
 
 def fold_into_linear(
-    kernel: jax.Array,
-    bias: Optional[jax.Array],
+    kernel: ArrayLike,
+    bias: Optional[ArrayLike],
     params: BatchNormParams,
     state: BatchNormState,
     *,
