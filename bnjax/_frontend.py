@@ -28,26 +28,23 @@ def core_options(module, *, initializing: bool = False, population: bool = False
       module: a bnjax BatchNorm module.
       initializing: linen's init, which runs without cross-device axes and
         virtual batches (it never uses the statistics).
-      population: precise-BN mode: the exact average with unbiased variances,
-        and a renorm layer normalizes with its batch statistics (r = 1,
-        d = 0): the population statistics being built replace the running
-        statistics that r and d would refer to, and the layers after it then
-        see activations normalized as they will be at inference (see
-        ``bnjax.recompute_population_stats``).
+      population: precise-BN mode (``Options.population``), set by
+        ``recompute_population_stats`` through the module's front end.
 
     Returns:
       The ``Options``.
     """
     options = Options(
         axis=module.axis,
-        momentum=None if population else module.momentum,
+        momentum=module.momentum,
         epsilon=module.epsilon,
-        unbiased=True if population else module.unbiased,
+        unbiased=module.unbiased,
         axis_name=module.axis_name,
         axis_index_groups=module.axis_index_groups,
         virtual_batch_size=module.virtual_batch_size,
         check_values=module.check_values,
-        renorm_limits=(module.r_max, module.d_max) if module.renorm and not population else None,
+        renorm_limits=(module.r_max, module.d_max) if module.renorm else None,
+        population=population,
     )
     if initializing:
         options = dataclasses.replace(

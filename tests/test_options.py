@@ -21,7 +21,8 @@ import bnjax.nnx
 from bnjax._core.options import Options
 from bnjax._frontend import core_options
 
-FIELDS = {field.name for field in dataclasses.fields(Options)}
+# population is set by the tools that recompute population statistics, not by a signature
+FIELDS = {field.name for field in dataclasses.fields(Options)} - {"population"}
 # renorm_limits is (r_max, d_max) in batch_renorm's signature and (renorm, r_max, d_max)
 # in the modules'; virtual batches and renorm do not combine, so batch_renorm lacks one.
 SPELLED_OUT = {"renorm_limits": ("r_max", "d_max")}
@@ -88,9 +89,10 @@ def test_the_modules_pass_every_option_on(make):
 def test_population_mode_and_init_override_what_they_must(make):
     module = make(**NOT_DEFAULT, **RENORM)
     population = core_options(module, population=True)
-    assert (population.momentum, population.unbiased, population.renorm_limits) == (
-        None, True, None,
-    )  # fmt: skip
+    assert population == dataclasses.replace(core_options(module), population=True)
+    checked = core_options(make(momentum=0.5, epsilon=0.25, **RENORM), population=True).check()
+    assert (checked.momentum, checked.unbiased, checked.renorm_limits) == (None, True, None)
+    assert checked.epsilon == NOT_DEFAULT["epsilon"] and not checked.population
     initializing = core_options(module, initializing=True)
     assert (initializing.axis_name, initializing.axis_index_groups) == (None, None)
     assert initializing.virtual_batch_size is None

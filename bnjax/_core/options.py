@@ -34,6 +34,14 @@ class Options:
       virtual_batch_size: ghost batch norm's group size, or None.
       check_values: opt-in value checks (checkify).
       renorm_limits: ``(r_max, d_max)`` for Batch Renormalization, or None.
+      population: precise-BN mode, set by the tools that recompute population
+        statistics (``recompute_population_stats``), never by a public
+        signature: the running statistics keep the exact average of the batch
+        means and of the unbiased batch variances (``check`` sets
+        ``momentum=None, unbiased=True``), and a renorm layer normalizes with
+        its batch statistics (r = 1, d = 0: the statistics being built replace
+        the running ones that r and d refer to, and the layers after it see
+        activations normalized as they will be at inference).
     """
 
     axis: Union[int, Sequence[int]] = -1
@@ -45,6 +53,7 @@ class Options:
     virtual_batch_size: Optional[int] = None
     check_values: bool = False
     renorm_limits: Optional[Tuple[float, float]] = None
+    population: bool = False
 
     def check(self) -> "Options":
         """Raises a TypeError/ValueError naming the first bad option.
@@ -53,8 +62,13 @@ class Options:
           The options in canonical form: concrete scalars (Python, NumPy or
           JAX) as Python floats, traced ones as they came (their range is
           checked where they are concrete), device groups as a tuple of
-          tuples of ints.
+          tuples of ints; in ``population`` mode, the exact average of
+          unbiased variances without renorm.
         """
+        if self.population:
+            return dataclasses.replace(
+                self, momentum=None, unbiased=True, renorm_limits=None, population=False
+            ).check()
         momentum = (
             None
             if self.momentum is None
