@@ -105,6 +105,8 @@ class Reduction(NamedTuple):
     Built once per call from the options and x's layout (``functional.normalize``)
     and handed down unchanged to the statistics, the transform and its
     derivative rule (a ``nondiff_argnums`` / ``static_argnums`` argument).
+    Epsilon travels beside it, not in it: it may be a traced scalar (a
+    schedule inside ``jit``), which a static plan cannot hold.
 
     Attributes:
       axes: the axes of x the statistics reduce over (batch and spatial).
