@@ -313,17 +313,25 @@ class ScannedLayer(nn.Module):
 
 
 class ScannedStack(nn.Module):
+    pass_population_on: bool = True
+
     @nn.compact
     def __call__(self, x):
         # Listing the tool's collection in variable_axes gives each stacked layer its own
         # population statistics (the call counts are stacked too: one per layer).
-        stack = nn.scan(
-            ScannedLayer,
-            variable_axes={"params": 0, "batch_stats": 0, "bnjax_population": 0},
-            split_rngs={"params": True},
-            length=3,
-        )
+        axes = {"params": 0, "batch_stats": 0}
+        if self.pass_population_on:
+            axes["bnjax_population"] = 0
+        stack = nn.scan(ScannedLayer, variable_axes=axes, split_rngs={"params": True}, length=3)
         return stack(name="stack")(x, None)[0]
+
+
+def test_a_scan_that_does_not_pass_the_population_collection_on_is_named_as_the_cause():
+    batches = [random_array((9, 3), seed=130 + i) for i in range(2)]
+    model = ScannedStack(pass_population_on=False)
+    variables = model.init(jax.random.key(0), batches[0])
+    with pytest.raises(ValueError, match=r"lifted transform .* 'bnjax_population' collection"):
+        bnjax.recompute_population_stats(model, variables, batches, progress=False)
 
 
 @pytest.mark.slow

@@ -101,6 +101,33 @@ def _fresh_statistics(shapes: Mapping) -> Any:
     return traverse_util.unflatten_dict(fresh)
 
 
+def _raise_without_population(model, variables: Mapping, batch, apply_kwargs) -> None:
+    """Raises the ValueError for a model in which no layer computed population statistics.
+
+    Layers that trained all the same (their ``batch_stats`` changed) ran inside
+    a lifted transform (``nn.scan``, ``nn.vmap``, ...) that does not pass
+    ``COLLECTION`` on; otherwise none trained.
+    """
+    _, updates = model.apply(variables, batch, mutable=["batch_stats"], **apply_kwargs)
+    before = jax.tree.leaves(variables.get("batch_stats", {}))
+    after = jax.tree.leaves(updates.get("batch_stats", {}))
+    trained = len(before) != len(after) or any(
+        not np.array_equal(b, a) for b, a in zip(before, after, strict=True)
+    )
+    if trained:
+        raise ValueError(
+            "recompute_population_stats: BatchNorm layers trained but none computed population "
+            "statistics: a lifted transform (nn.scan, nn.vmap, nn.remat_scan, ...) around them "
+            f"must pass the {COLLECTION!r} collection on as it passes 'batch_stats', e.g. "
+            f"nn.scan(..., variable_axes={{'params': 0, 'batch_stats': 0, {COLLECTION!r}: 0}}). "
+            "The variables were left unchanged."
+        )
+    raise ValueError(
+        "no bnjax.BatchNorm layer ran in training mode: the model has none, or it ran in "
+        "evaluation mode (pass e.g. train=True to put it in training mode)"
+    )
+
+
 def recompute_population_stats(
     model, variables: Mapping, batches: Iterable, *, progress: bool = True, **apply_kwargs
 ) -> dict:
@@ -161,10 +188,7 @@ def recompute_population_stats(
 
     shapes = jax.eval_shape(step, {}, first)
     if not shapes:
-        raise ValueError(
-            "no bnjax.BatchNorm layer ran in training mode: the model has none, or it ran in "
-            "evaluation mode (pass e.g. train=True to put it in training mode)"
-        )
+        _raise_without_population(model, variables, first, apply_kwargs)
     step = jax.jit(step)
     population = step(_fresh_statistics(shapes), first)
     for batch in batches:
