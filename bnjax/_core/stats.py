@@ -19,8 +19,9 @@ things; every method is exact for any input short of the one limit stated
   after the pass; where q > ``MAX_CANCELLATION`` for some feature (an outlier
   among the first rows, a heavy tail, padding first under a mask), a second
   pass repeats the sums around the first pass's mean, which is then within a
-  fraction of σ of μ (``lax.cond``; under ``vmap`` a batched predicate
-  evaluates both). The relative error of the variance is then at most about
+  fraction of σ of μ (``lax.cond``; the members of a ``vmap`` with an axis
+  name share one predicate and one second pass, see ``_members_at_once``).
+  The relative error of the variance is then at most about
   ``MAX_CANCELLATION``·eps for any input. XLA:CPU does not fuse sibling
   reductions, so optimization barriers give each sum its own read of x.
 - **XLA:GPU: one fused pass around a sample median** (``"median"``). A
@@ -509,6 +510,43 @@ def local_moments(
     Returns:
       ``LocalMoments`` with keepdims shapes.
     """
+    return _members_at_once(reduce_axes, method)(x, mask, hint)
+
+
+def _members_at_once(reduce_axes: Tuple[int, ...], method: Optional[str]):
+    """``_device_moments`` that ``jax.vmap`` computes for all its members at once.
+
+    Under ``vmap`` (an Equinox layer's examples, or any batch of members), the
+    members' moments are the moments of the stacked x with the members' axis
+    kept, like a feature axis: one first pass for all of them, one error bound
+    and at most one second pass (``lax.cond``) for all of them, instead of a
+    predicate per member, which ``vmap`` would turn into computing both
+    branches for every member. Nested ``vmap``s keep adding kept axes.
+    """
+
+    @jax.custom_batching.custom_vmap
+    def moments(x, mask, hint):
+        return _device_moments(x, mask, reduce_axes, method, hint)
+
+    @moments.def_vmap
+    def _(axis_size, in_batched, x, mask, hint):
+        x_batched, mask_batched, hint_batched = in_batched
+
+        def lead(value, batched):  # the members' axis first, of size 1 where not mapped
+            return value if value is None or batched else jnp.expand_dims(value, 0)
+
+        kept = tuple(a + 1 for a in reduce_axes)
+        out = _members_at_once(kept, method)(
+            lead(x, x_batched), lead(mask, mask_batched), lead(hint, hint_batched)
+        )
+        out = jax.tree.map(lambda v: jnp.broadcast_to(v, (axis_size,) + v.shape[1:]), out)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return moments
+
+
+def _device_moments(x, mask, reduce_axes, method, hint) -> LocalMoments:
+    """``local_moments`` of one member."""
     acc = accumulation_dtype(x.dtype)
     count = element_count(x.shape, mask, reduce_axes, acc)
     if not reduce_axes:  # no batch axis: each element its own mean, with M2 = 0 exactly
