@@ -202,18 +202,6 @@ def test_use_running_average_twice_or_never():
         bnjax.BatchNorm().apply(variables, x)
 
 
-def test_feature_size_different_from_creation():
-    variables = bnjax.BatchNorm(use_running_average=True).init(
-        jax.random.key(0), random_array((4, 3))
-    )
-    with pytest.raises(
-        ValueError,
-        match=r"params\.scale must have the feature shape of x, \(5,\) \(x\.shape at axes "
-        r"\(1,\)\), got \(3,\); was the layer initialized for another number of features",
-    ):
-        bnjax.BatchNorm(use_running_average=True).apply(variables, random_array((4, 5)))
-
-
 @pytest.mark.slow
 def test_nn_vmap_ensemble_and_nested_vmap():
     x = random_array((3, 8, 2), seed=43)
