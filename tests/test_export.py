@@ -89,7 +89,8 @@ def test_flax_linen_exports_the_same_way_for_comparison():
     def apply(x):
         return module.apply(variables, x, mutable=["batch_stats"])
 
-    export.export(jax.jit(apply))(jax.ShapeDtypeStruct((b, 5), jnp.float32))
+    exported = export.export(jax.jit(apply))(jax.ShapeDtypeStruct((b, 5), jnp.float32))
+    _same(exported, apply, [(3, 5), (17, 5)])
 
 
 def test_nnx_module_exports():
