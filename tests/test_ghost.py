@@ -68,14 +68,14 @@ def test_gradients_flow_per_group():
         (dict(virtual_batch_size=4, axis_name="b"), r"cannot be combined with axis_name"),
     ],
 )
-def test_bad_virtual_batch_size(kwargs, pattern):
+def test_bad_virtual_batch_size_is_refused_with_its_reason(kwargs, pattern):
     params, state = bnjax.init(3)
     with pytest.raises(ValueError, match=pattern):
         bnjax.batch_norm(random_array((8, 3)), params, state, True, **kwargs)
 
 
 @pytest.mark.slow
-def test_modules_forward_virtual_batch_size():
+def test_linen_and_nnx_modules_pass_virtual_batch_size_to_the_core():
     x = random_array((8, 3), seed=73)
     params, state = bnjax.init(3)
     y_core, _ = jit_batch_norm(x, params, state, True, virtual_batch_size=2)
