@@ -172,7 +172,7 @@ def test_nested_vmaps_over_a_tuple_of_names_and_an_unnamed_outer_vmap(mode):
 
 
 @pytest.mark.slow
-def test_works_under_equinoxs_test_settings():
+def test_runs_under_equinoxs_strict_promotion_settings():
     bn, state = eqx.nn.make_with_state(BatchNorm)(3, "batch", mode="batch")
     with jax.numpy_rank_promotion("raise"), jax.numpy_dtype_promotion("strict"):
         y, state = batched(bn)(data((4, 3, 2)), state)
@@ -223,7 +223,7 @@ def test_call_errors_name_the_problem():
         )
 
 
-def test_wrong_input_size_and_x_without_the_channel_axis():
+def test_wrong_input_size_and_x_without_the_channel_axis_are_named():
     bn, state = eqx.nn.make_with_state(BatchNorm)(3, "batch", mode="batch")
     with pytest.raises(
         ValueError, match=r"input_size=3\): x must be one example .* got shape \(4,\)"

@@ -66,7 +66,7 @@ def test_every_nnx_argument_with_flax_default(method):
         assert ours.parameters[name].kind == theirs.parameters[name].kind, name
 
 
-def test_nnx_custom_promote_dtype_is_called_as_flax_calls_it():
+def test_nnx_custom_and_default_promote_dtype_behave_as_flax():
     calls = []
 
     def to_bfloat16(args, *, dtype=None):

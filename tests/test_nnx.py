@@ -148,7 +148,7 @@ def test_nnx_vmap_ensemble_eval_shape_and_scan():
     assert np.all(np.asarray(stack.bn.mean[...]) != 0)
 
 
-def test_view_output_dtype_and_late_momentum_none():
+def test_eval_view_updates_nothing_bfloat16_params_promote_and_late_momentum_none_is_refused():
     bn = bnjax.nnx.BatchNorm(2, rngs=nnx.Rngs(0))
     x = random_array((5, 2), loc=3.0)
     view = nnx.view(bn, use_running_average=True)

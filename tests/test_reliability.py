@@ -87,7 +87,7 @@ def test_non_arrays_for_x_name_x(x, error, pattern):
         bnjax.batch_norm(x, params, state, True)
 
 
-def test_lists_and_numpy_arrays_are_accepted_like_arrays():
+def test_lists_for_x_and_mask_are_accepted_like_arrays():
     params, state = bnjax.init(2)
     y, _ = bnjax.batch_norm([[1.0, 2.0], [3.0, 5.0]], params, state, True,
                             mask=[[True], [True]])  # fmt: skip
