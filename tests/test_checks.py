@@ -53,7 +53,7 @@ def test_negative_running_variance_names_the_feature_in_eval():
         err.throw()
 
 
-def test_non_finite_batch_statistics_are_reported():
+def test_float16_input_near_its_limit_passes_the_checks_with_finite_statistics():
     x = random_array((4, 3)).astype(np.float16)
     x[:, 1] = 6e4  # finite float16, but the statistics overflow nothing; make variance huge
     x[0, 1] = -6e4
@@ -63,7 +63,7 @@ def test_non_finite_batch_statistics_are_reported():
     assert np.all(np.isfinite(new_state.var))
 
 
-def test_works_under_chexify():
+def test_chexify_raises_the_non_finite_input_error():
     x = random_array((6, 3))
     x[0, 0] = np.nan
     params, state = random_params(3)
@@ -76,7 +76,7 @@ def test_works_under_chexify():
     chex.block_until_chexify_assertions_complete()
 
 
-def test_checks_cost_nothing_when_off():
+def test_checks_add_nothing_to_the_program_when_off():
     x, (params, state) = random_array((6, 3)), random_params(3)
     jaxpr_off = str(
         jax.make_jaxpr(functools.partial(bnjax.batch_norm, train=True))(x, params, state)

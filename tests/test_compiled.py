@@ -25,7 +25,7 @@ def test_forward_writes_nothing_full_size(dtype):
 
 
 @pytest.mark.parametrize("dtype, limit", [(jnp.float32, 0.05), (jnp.bfloat16, 2.05)])
-def test_forward_and_backward_in_one_program(dtype, limit):
+def test_forward_and_backward_write_nothing_full_size_but_a_float32_cotangent(dtype, limit):
     """float32: nothing full-size. bfloat16: one float32 copy of the cotangent (2× its bytes),
     shared by the backward's two reductions on XLA:CPU; nothing else."""
     x = jnp.ones(SHAPE, dtype)

@@ -33,7 +33,7 @@ def test_training_matches_the_oracle(axis, loc):
     np.testing.assert_allclose(new_state.var, var_ref.ravel(), rtol=1e-5)
 
 
-def test_masked_training_and_evaluation_with_complex_running_mean():
+def test_masked_training_and_evaluation_with_a_complex_running_mean_match_the_oracle():
     x = complex_array((10, 3), seed=2)
     mask = np.random.default_rng(3).random((10, 1)) < 0.6
     params, state = random_params(3)
@@ -49,7 +49,7 @@ def test_masked_training_and_evaluation_with_complex_running_mean():
 
 
 @pytest.mark.slow
-def test_gradients_second_order_forward_and_reverse():
+def test_gradients_pass_second_order_checks_forward_and_reverse():
     with jax.enable_x64(True):
         x = complex_array((5, 3), seed=4, dtype=np.complex128)
         params, state = random_params(3, dtype=np.float64)

@@ -69,7 +69,7 @@ CHECK_CASES = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CHECK_CASES)
-def test_check_grads_second_order_forward_and_reverse(case):
+def test_gradients_pass_second_order_checks_forward_and_reverse(case):
     with jax.enable_x64(True):
         x = random_array((5, 3), seed=25, loc=1.0, dtype=np.float64)
         params, state = random_params(3, dtype=np.float64)

@@ -133,7 +133,7 @@ def test_fold_into_conv_matches_the_layer_followed_by_batch_norm(use_bias):
     np.testing.assert_allclose(jax.vmap(folded)(x), want, rtol=1e-5, atol=1e-5)
 
 
-def test_fold_into_linear_errors():
+def test_fold_into_linear_refuses_another_layer_a_width_mismatch_and_another_batch_norm():
     bn, state = trained_batch_norm(4, "batch")
     with pytest.raises(TypeError, match="linear must be an eqx.nn.Linear or eqx.nn.Conv, got "):
         bnjax.equinox.fold_into_linear(eqx.nn.Identity(), bn, state)

@@ -47,12 +47,12 @@ def _heavy_tailed_nhwc(seed=1):
     return flat.reshape(x.shape)
 
 
-def test_outlier_at_the_first_position():
+def test_outlier_at_the_first_position_keeps_variance_and_y_exact():
     var_err, y_err = _errors(_outlier_first())
     assert var_err <= 1e-4 and y_err <= 1e-3, (var_err, y_err)
 
 
-def test_outlier_at_the_first_valid_position_under_a_mask():
+def test_outlier_at_the_first_valid_position_under_a_mask_keeps_variance_and_y_exact():
     x = _outlier_first(seed=2)
     x[:3] = 0.0  # padding first
     x[3] = (4e3, -5e3)
@@ -63,7 +63,7 @@ def test_outlier_at_the_first_valid_position_under_a_mask():
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
-def test_heavy_tails_with_the_largest_value_first(layout):
+def test_heavy_tails_with_the_largest_value_first_keep_variance_and_y_exact(layout):
     x = _heavy_tailed_nhwc()
     axis = -1
     if layout == "NCHW":
@@ -74,7 +74,7 @@ def test_heavy_tails_with_the_largest_value_first(layout):
 
 @pytest.mark.parametrize("offset", [1e4, 1e5, 1e6, -1e6])
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
-def test_huge_offsets_keep_y_exact(offset, layout):
+def test_huge_offsets_keep_variance_and_y_exact(offset, layout):
     rng = np.random.default_rng(3)
     x = (offset + rng.normal(size=(8, 4, 4, 3))).astype(np.float32)
     axis = -1
@@ -86,14 +86,14 @@ def test_huge_offsets_keep_y_exact(offset, layout):
     assert var_err <= 1e-4, var_err
 
 
-def test_bfloat16_input_with_an_outlier_first():
+def test_bfloat16_input_with_an_outlier_first_keeps_variance_exact_and_y_to_its_rounding():
     x = _outlier_first(rows=4096, seed=4).astype(jnp.bfloat16)
     var_err, y_err = _errors(np.asarray(x, np.float32).astype(jnp.bfloat16))
     assert var_err <= 1e-4, var_err
     assert y_err <= 1e-2, y_err  # bfloat16 output rounding: 2^-8 relative
 
 
-def test_ghost_batches_with_an_outlier_first_in_a_group():
+def test_ghost_batches_with_an_outlier_first_in_a_group_keep_variance_and_y_exact():
     x = _outlier_first(rows=4000, seed=5)
     x[2000] = (-3e3, 2.5e3)  # first element of the second group
     params, state = bnjax.init(2)
@@ -108,7 +108,7 @@ def test_ghost_batches_with_an_outlier_first_in_a_group():
 
 
 @pytest.mark.slow
-def test_renorm_with_an_outlier_first():
+def test_renorm_with_an_outlier_first_keeps_variance_and_y_exact():
     x = _outlier_first(rows=4000, seed=6)
     params, state = bnjax.init(2)
     y, new_state = bnjax.batch_renorm(x, params, state, True, r_max=1.0, d_max=0.0, momentum=0.0)

@@ -64,7 +64,7 @@ def test_huge_offset_d_equals_the_closed_form():
     np.testing.assert_allclose(d.mean(0), d_ref.ravel(), atol=1e-5)
 
 
-def test_outlier_first_and_heavy_tails():
+def test_outlier_first_and_heavy_tails_keep_y_exact():
     x = np.random.default_rng(5).normal(size=(20_000, 2)).astype(np.float32)
     x[0] = (3e3, -2e3)
     assert _y_error(x) <= 1e-3
@@ -76,7 +76,7 @@ def test_outlier_first_and_heavy_tails():
     assert _y_error(tails) <= 1e-3
 
 
-def test_padding_first_under_a_mask_at_an_offset():
+def test_padding_first_under_a_mask_at_an_offset_keeps_y_exact():
     x = (1e5 + np.random.default_rng(7).normal(size=(4000, 2))).astype(np.float32)
     x[:3] = 0.0  # padding first, far from the data
     mask = np.ones((x.shape[0], 1), bool)

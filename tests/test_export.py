@@ -69,7 +69,7 @@ def test_ghost_batches_with_a_batch_not_known_to_divide_name_the_fix():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("train", [False, True])
-def test_linen_module_exports(train):
+def test_linen_module_exports_with_symbolic_batch_and_height(train):
     module = bnjax.linen.BatchNorm(use_running_average=not train)
     variables = module.init(jax.random.key(0), jnp.zeros((2, 5)))
 
@@ -81,7 +81,7 @@ def test_linen_module_exports(train):
     _same(exported, apply, [(2, 3, 5), (6, 1, 5)])
 
 
-def test_flax_linen_exports_the_same_way_for_comparison():
+def test_flax_linen_exports_with_a_symbolic_batch_for_comparison():
     module = nn.BatchNorm(use_running_average=False)
     variables = module.init(jax.random.key(0), jnp.zeros((2, 5)))
     (b,) = export.symbolic_shape("b")
@@ -89,10 +89,11 @@ def test_flax_linen_exports_the_same_way_for_comparison():
     def apply(x):
         return module.apply(variables, x, mutable=["batch_stats"])
 
-    export.export(jax.jit(apply))(jax.ShapeDtypeStruct((b, 5), jnp.float32))
+    exported = export.export(jax.jit(apply))(jax.ShapeDtypeStruct((b, 5), jnp.float32))
+    _same(exported, apply, [(3, 5), (17, 5)])
 
 
-def test_nnx_module_exports():
+def test_nnx_module_exports_with_a_symbolic_batch():
     layer = bnjax.nnx.BatchNorm(5, rngs=nnx.Rngs(0))
     graph, state = nnx.split(layer)
 

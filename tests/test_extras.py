@@ -34,7 +34,7 @@ def test_another_projects_folder_is_not_a_checkout(tmp_path, monkeypatch):
     )
 
 
-def test_installed_from_a_wheel_file_or_a_folder(tmp_path, monkeypatch):
+def test_installed_from_a_wheel_file_the_command_installs_that_wheel(tmp_path, monkeypatch):
     wheel = tmp_path / "dist" / "bnjax-0.1.0-py3-none-any.whl"
 
     class Distribution:
@@ -49,7 +49,7 @@ def test_installed_from_a_wheel_file_or_a_folder(tmp_path, monkeypatch):
     )
 
 
-def test_installed_from_an_index(tmp_path, monkeypatch):
+def test_installed_from_an_index_the_command_installs_from_the_index(tmp_path, monkeypatch):
     class Distribution:
         def read_text(self, name):
             return None  # pip writes no direct_url.json for an index install
@@ -61,6 +61,6 @@ def test_installed_from_an_index(tmp_path, monkeypatch):
     )
 
 
-def test_this_checkout():
+def test_in_this_checkout_the_command_is_an_editable_install():
     root = pathlib.Path(__file__).resolve().parents[1]
     assert _extras.install_command("demo", cwd=str(root)) == 'pip install -e ".[demo]"'

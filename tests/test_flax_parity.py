@@ -41,7 +41,7 @@ def _same_default(ours, theirs):
     if callable(theirs) and not isinstance(theirs, type):  # initializers: same behaviour
         key = jax.random.key(0)
         return np.array_equal(ours(key, (3,), jnp.float32), theirs(key, (3,), jnp.float32))
-    return ours is theirs or ours == theirs
+    return ours == theirs
 
 
 def test_every_linen_field_and_call_argument_with_flax_default():
@@ -66,7 +66,7 @@ def test_every_nnx_argument_with_flax_default(method):
         assert ours.parameters[name].kind == theirs.parameters[name].kind, name
 
 
-def test_nnx_custom_promote_dtype_is_called_as_flax_calls_it():
+def test_nnx_custom_and_default_promote_dtype_behave_as_flax():
     calls = []
 
     def to_bfloat16(args, *, dtype=None):

@@ -133,7 +133,7 @@ def test_bad_scalars_are_named_in_every_api(kwargs, error, pattern):
         bnjax.nnx.BatchNorm(3, **kwargs, rngs=nnx.Rngs(0))(X)
 
 
-def test_bad_renorm_limits_as_jax_scalars():
+def test_bad_renorm_limits_as_jax_scalars_or_arrays_are_named():
     with pytest.raises(ValueError, match=r"r_max must be >= 1, got r_max=Array\(0\.5"):
         bnjax.batch_renorm(X, PARAMS, STATE, True, r_max=jnp.float32(0.5))
     with pytest.raises(TypeError, match=r"d_max must be a real scalar \(>= 0; .*shape \(3,\)"):

@@ -44,13 +44,13 @@ PARAM = r"param_dtype must be a floating-point dtype, got dtype\('{}'\)"
         (dict(param_dtype=jnp.complex64), PARAM.format("complex64")),
     ],
 )  # fmt: skip
-def test_integer_dtypes_are_refused_in_both_modules(front_end, train, kwargs, pattern):
+def test_non_inexact_dtype_or_non_float_param_dtype_is_refused(front_end, train, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         front_end(train, **kwargs)
 
 
 @pytest.mark.parametrize("front_end", [_linen, _nnx])
-def test_inexact_dtypes_still_work(front_end):
+def test_bfloat16_dtype_with_float16_params_gives_bfloat16_normalized_output(front_end):
     out = front_end(dtype=jnp.bfloat16, param_dtype=jnp.float16)
     y = out[0] if isinstance(out, tuple) else out
     assert y.dtype == jnp.bfloat16
@@ -58,7 +58,7 @@ def test_inexact_dtypes_still_work(front_end):
     np.testing.assert_allclose(np.asarray(y, np.float32), y_ref, atol=2e-2)
 
 
-def test_functional_dtypes():
+def test_functional_api_refuses_non_floating_init_dtype_and_integer_scale_or_var():
     for dtype, shown in ((jnp.int32, "int32"), (jnp.bool_, "bool"), (jnp.complex64, "complex64"),
                          ("not a dtype", "'not a dtype'")):  # fmt: skip
         with pytest.raises(TypeError, match=rf"dtype must be a floating dtype, got {shown}$"):

@@ -43,7 +43,7 @@ def results():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CHECKS)
-def test_on_eight_devices(results, name):
+def test_check_passes_on_eight_devices(results, name):
     assert results[name] == "ok", results[name]
 
 

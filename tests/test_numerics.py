@@ -22,7 +22,7 @@ def test_offset_1e4_times_std_is_exact_in_float32():
     np.testing.assert_allclose(new_state.mean, mean_ref.ravel(), rtol=1e-6)
 
 
-def test_offset_with_a_mask_whose_first_element_is_padding():
+def test_offset_with_a_mask_whose_first_element_is_padding_keeps_y_exact():
     x = (1e4 + random_array((64, 2), seed=11, dtype=np.float64)).astype(np.float32)
     x[0] = 0.0  # padding far from the data
     mask = np.ones((64, 1), bool)
@@ -33,7 +33,7 @@ def test_offset_with_a_mask_whose_first_element_is_padding():
     assert np.abs(np.asarray(y, np.float64) - y_ref)[1:].max() < 2e-3
 
 
-def test_float16_whose_squares_overflow():
+def test_float16_whose_squares_overflow_normalizes_finitely_and_exactly():
     x = (1e3 + 30 * random_array((128, 3), seed=12, dtype=np.float64)).astype(np.float16)
     assert float(x.max()) ** 2 > float(np.finfo(np.float16).max)
     params, state = bnjax.init(3)

@@ -70,13 +70,13 @@ def _errors(x, method, axis=-1, mask=None):
 
 
 @ACCELERATORS
-def test_outlier_at_the_first_position(method):
+def test_outlier_at_the_first_position_keeps_variance_and_y_exact(method):
     var_err, y_err = _errors(_outlier_first(), method)
     assert var_err <= 1e-4 and y_err <= 1e-3, (var_err, y_err)
 
 
 @ACCELERATORS
-def test_outliers_at_four_of_the_nine_sampled_positions(method):
+def test_outliers_at_four_of_the_nine_sampled_positions_keep_variance_and_y_exact(method):
     """The median ignores up to four sampled outliers: q stays near 1."""
     x = _outlier_first(rows=20_001, seed=9)
     rows = [i * 20_000 // 8 for i in range(9)]
@@ -86,7 +86,7 @@ def test_outliers_at_four_of_the_nine_sampled_positions(method):
 
 
 @ACCELERATORS
-def test_outlier_at_the_first_valid_position_under_a_mask(method):
+def test_outlier_at_the_first_valid_position_under_a_mask_keeps_variance_and_y_exact(method):
     x = _outlier_first(seed=2)
     x[:3] = 0.0  # padding first
     x[3] = (4e3, -5e3)
@@ -109,7 +109,7 @@ def test_a_mask_that_hides_every_sampled_row_falls_back_to_the_first_valid_rows(
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @ACCELERATORS
-def test_heavy_tails_with_the_largest_value_first(layout, method):
+def test_heavy_tails_with_the_largest_value_first_keep_variance_and_y_exact(layout, method):
     x = _heavy_tailed_nhwc()
     axis = -1
     if layout == "NCHW":
@@ -121,7 +121,7 @@ def test_heavy_tails_with_the_largest_value_first(layout, method):
 @pytest.mark.parametrize("offset", [1e4, 1e5, 1e6, -1e6])
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @ACCELERATORS
-def test_huge_offsets_keep_y_exact(offset, layout, method):
+def test_huge_offsets_keep_variance_and_y_exact(offset, layout, method):
     x = (offset + np.random.default_rng(3).normal(size=(8, 4, 4, 3))).astype(np.float32)
     axis = -1
     if layout == "NCHW":
@@ -131,7 +131,7 @@ def test_huge_offsets_keep_y_exact(offset, layout, method):
 
 
 @ACCELERATORS
-def test_bfloat16_input_with_an_outlier_first(method):
+def test_bfloat16_input_with_an_outlier_first_keeps_variance_exact_and_y_to_its_rounding(method):
     x = jnp.asarray(_outlier_first(rows=4096, seed=4)).astype(jnp.bfloat16)
     var_err, y_err = _errors(x, method)
     assert var_err <= 1e-4, var_err
@@ -147,7 +147,7 @@ def test_the_shift_is_the_median_of_the_nine_sampled_elements():
 
 
 @pytest.mark.slow
-def test_every_statistics_agrees_with_the_oracle_on_ordinary_data():
+def test_every_method_agrees_with_the_oracle_on_ordinary_data():
     x = np.random.default_rng(12).normal(3.0, 2.0, (16, 4, 4, 8)).astype(np.float32)
     _, mean_ref, var_ref = batch_stats(x)
     hint = np.full((1, 1, 1, 8), 2.5, np.float32)

@@ -86,7 +86,7 @@ def test_wheel_holds_the_package_license_and_types_and_nothing_from_tests(wheel)
     assert {n.split("/")[0] for n in names} == {"bnjax", wheel.name.split("-py")[0] + ".dist-info"}
 
 
-def test_wheel_metadata(wheel):
+def test_wheel_metadata_has_version_license_author_and_dependencies(wheel):
     with zipfile.ZipFile(wheel) as archive:
         (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
         metadata = email.message_from_bytes(archive.read(name))

@@ -63,7 +63,7 @@ def test_linen_population_statistics_in_closed_form():
     jax.tree.map(np.testing.assert_array_equal, new["params"], variables["params"])
 
 
-def test_linen_errors():
+def test_linen_population_refuses_no_batches_and_models_without_a_training_layer():
     model = TwoLayers()
     variables = model.init(jax.random.key(0), BATCHES[0], train=False)
     with pytest.raises(ValueError, match=r"needs at least one batch, got an empty iterable"):
@@ -132,7 +132,7 @@ def test_fold_dense_and_conv_equal_linear_then_bn(use_bias):
     np.testing.assert_allclose(folded, expected, atol=1e-5)
 
 
-def test_fold_errors():
+def test_fold_into_linear_refuses_mismatched_shapes():
     params, state = bnjax.init(3)
     with pytest.raises(
         ValueError,

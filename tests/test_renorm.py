@@ -64,7 +64,7 @@ def test_r_and_d_are_constants_for_the_gradient():
 
 
 @pytest.mark.slow
-def test_check_grads_forward_and_reverse_second_order():
+def test_gradients_pass_second_order_checks_where_r_and_d_are_clipped():
     with jax.enable_x64(True):
         x = random_array((6, 3), seed=84, loc=1.0, dtype=np.float64)
         params, state = random_params(3, dtype=np.float64)
@@ -99,13 +99,13 @@ def test_backward_keeps_only_x_and_per_feature_vectors():
         (dict(d_max=-1.0), r"d_max must be >= 0, got d_max=-1\.0"),
     ],
 )
-def test_bad_limits(kwargs, pattern):
+def test_limits_out_of_range_are_refused(kwargs, pattern):
     params, state = bnjax.init(3)
     with pytest.raises(ValueError, match=pattern):
         bnjax.batch_renorm(random_array((4, 3)), params, state, True, **kwargs)
 
 
-def test_module_option():
+def test_linen_and_nnx_renorm_option_gives_batch_renorm():
     x = random_array((8, 3), seed=86, loc=3.0)
     params, state = random_params(3)
     y_core, _ = bnjax.batch_renorm(x, params, state, True, r_max=2.0, d_max=1.0)

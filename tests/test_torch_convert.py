@@ -77,7 +77,7 @@ def test_evaluation_matches_pytorch(kind, torch_momentum):
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_evaluation_on_features_first_input_with_axis_1():
+def test_evaluation_on_features_first_input_with_axis_1_matches_pytorch():
     layer, (x, _) = trained_torch("2d", 0.1)
     variables = bnjax.from_torch(layer.state_dict())
     y = bnjax_layer(0.9, use_running_average=True, axis=1).apply(variables, x)
@@ -166,7 +166,7 @@ def test_without_the_count_the_cumulative_average_weighs_the_loaded_statistics_a
     )
 
 
-def test_affine_false_has_no_params():
+def test_affine_false_converts_without_params_and_evaluates_as_pytorch():
     layer, (x, _) = trained_torch("2d", 0.1, affine=False)
     variables = bnjax.from_torch(layer.state_dict())
     assert set(variables) == {"batch_stats"}
@@ -194,7 +194,7 @@ def model():
 
 
 @pytest.mark.parametrize("prefix", ["1", "1."])
-def test_a_layer_of_a_whole_model(prefix):
+def test_a_layer_of_a_whole_model_is_converted_by_its_prefix(prefix):
     net = model()
     with torch.no_grad():
         net[1].running_mean.copy_(torch.tensor([1.0, 2.0, 3.0]))
@@ -206,7 +206,7 @@ def test_a_layer_of_a_whole_model(prefix):
     }
 
 
-def test_numpy_arrays_float64_and_bfloat16_tensors():
+def test_numpy_arrays_float64_and_bfloat16_tensors_convert_to_the_asked_dtypes():
     state = {k: v.numpy() for k, v in torch.nn.BatchNorm1d(2).state_dict().items()}
     state["running_var"] = np.array([2.0, 3.0])  # float64
     state["weight"] = torch.tensor([1.5, 2.5], dtype=torch.bfloat16)

@@ -69,7 +69,7 @@ def test_vmap_over_an_ensemble_keeps_members_independent():
     shape=st.lists(st.integers(1, 4), min_size=1, max_size=4),
     data=st.data(),
 )
-def test_property_random_shapes_and_axes(shape, data):
+def test_random_shapes_and_axes_match_the_oracle(shape, data):
     ndim = len(shape)
     axes = data.draw(
         st.lists(
