@@ -522,6 +522,12 @@ def _members_at_once(reduce_axes: Tuple[int, ...], method: Optional[str]):
     and at most one second pass (``lax.cond``) for all of them, instead of a
     predicate per member, which ``vmap`` would turn into computing both
     branches for every member. Nested ``vmap``s keep adding kept axes.
+
+    Where the method is chosen when the program is lowered, XLA:TPU keeps the
+    members one by one (``vmap``'s own batching): its conditional would take
+    the stacked x as an operand and copy it (2.3|x| of temporary memory and
+    twice the bytes, compiled for a TPU v5e), where both branches computed for
+    every member fuse into the pass that reads x.
     """
 
     @jax.custom_batching.custom_vmap
@@ -530,22 +536,31 @@ def _members_at_once(reduce_axes: Tuple[int, ...], method: Optional[str]):
 
     @moments.def_vmap
     def _(axis_size, in_batched, x, mask, hint):
-        x_batched, mask_batched, hint_batched = in_batched
-
         def lead(value, batched):  # the members' axis first, of size 1 where not mapped
             return value if value is None or batched else jnp.expand_dims(value, 0)
 
-        kept = tuple(a + 1 for a in reduce_axes)
-        out = _members_at_once(kept, method)(
-            lead(x, x_batched), lead(mask, mask_batched), lead(hint, hint_batched)
-        )
-        out = jax.tree.map(lambda v: jnp.broadcast_to(v, (axis_size,) + v.shape[1:]), out)
+        def at_once(x, mask, hint):
+            kept = tuple(a + 1 for a in reduce_axes)
+            args = (lead(v, b) for v, b in zip((x, mask, hint), in_batched, strict=True))
+            out = _members_at_once(kept, method)(*args)
+            return jax.tree.map(lambda v: jnp.broadcast_to(v, (axis_size,) + v.shape[1:]), out)
+
+        def one_by_one(x, mask, hint):
+            axes = tuple(0 if batched else None for batched in in_batched)
+            each = functools.partial(_device_moments, reduce_axes=reduce_axes, method=method)
+            members = jax.vmap(lambda x, mask, hint: each(x, mask, hint=hint), in_axes=axes)
+            return members(x, mask, hint)
+
+        if method is None:
+            out = lax.platform_dependent(x, mask, hint, tpu=one_by_one, default=at_once)
+        else:
+            out = at_once(x, mask, hint)
         return out, jax.tree.map(lambda _: True, out)
 
     return moments
 
 
-def _device_moments(x, mask, reduce_axes, method, hint) -> LocalMoments:
+def _device_moments(x, mask, reduce_axes, method, hint=None) -> LocalMoments:
     """``local_moments`` of one member."""
     acc = accumulation_dtype(x.dtype)
     count = element_count(x.shape, mask, reduce_axes, acc)
