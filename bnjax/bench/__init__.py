@@ -145,11 +145,11 @@ from ._registry import IMPLS as IMPLS
 from ._registry import INSTALL_HINT
 from ._registry import Impl as Impl
 from ._registry import load_impls as load_impls
-from ._report import format_table as format_table
-from ._report import plot_records as plot_records
-from ._report import plot_size
-from ._report import ratios as ratios
-from ._report import summary as summary
+from ._layer_report import format_table as format_table
+from ._layer_report import plot_records as plot_records
+from ._layer_report import plot_size
+from ._layer_report import ratios as ratios
+from ._layer_report import summary as summary
 from ._targets import TARGETS as TARGETS
 from ._targets import devices as accelerator_devices
 from ._targets import missing_compilers, prepare_environment

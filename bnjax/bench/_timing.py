@@ -13,7 +13,7 @@ from ._loading import error_text
 from ._modes import PASSES
 from ._progress import progress
 from ._registry import IMPLS
-from ._report import ratios, record_config
+from ._layer_report import ratios, record_config
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 COPY = ("copy", "copy")  # the reference call, timed among the implementations' calls
