@@ -116,6 +116,11 @@ from ._compiled import step_figures as step_figures
 from ._deps import EXTRA_HINT, missing_message, missing_modules
 from ._json import strict as strict
 from ._json import write_json as write_json
+from ._layer_report import format_table as format_table
+from ._layer_report import plot_records as plot_records
+from ._layer_report import plot_size
+from ._layer_report import ratios as ratios
+from ._layer_report import summary as summary
 from ._model import FLOOR as FLOOR
 from ._model import IMAGE, OPTIMIZER
 from ._model import MODEL_IMPLS as MODEL_IMPLS
@@ -145,11 +150,6 @@ from ._registry import IMPLS as IMPLS
 from ._registry import INSTALL_HINT
 from ._registry import Impl as Impl
 from ._registry import load_impls as load_impls
-from ._layer_report import format_table as format_table
-from ._layer_report import plot_records as plot_records
-from ._layer_report import plot_size
-from ._layer_report import ratios as ratios
-from ._layer_report import summary as summary
 from ._targets import TARGETS as TARGETS
 from ._targets import devices as accelerator_devices
 from ._targets import missing_compilers, prepare_environment

@@ -48,7 +48,11 @@ def _layer_tables(records: List[Dict]) -> List[str]:
         Table("layer: HBM bytes / flax.linen's", lambda r: number(r["bytes_vs_flax"], ".2f")),
         Table("layer: kernels", lambda r: str(r["kernels"])),
         Table("layer: temporary memory / |x|", lambda r: f"{r['temp_per_x']:.3f}"),
-        Table("layer: TPU cost-model time, µs", lambda r: f"{r['seconds'] * 1e6:.1f}", (), _on_tpu),
+        Table(
+            "layer: TPU cost-model time, µs",
+            lambda r: f"{r['seconds'] * 1e6:.1f}",
+            where=_on_tpu,
+        ),
     )
     return _tables(specs, records, ("target", "dtype", "mode"))
 

@@ -94,8 +94,8 @@ def _grid(title, records, keys, names, cell, widths) -> List[str]:
         return tuple(str(r[k]) for k in keys)
 
     by_key = {(config(r), r["impl"]): r for r in records}
-    widths = widths or [max(len(k), *(len(config(r)[i]) for r in records)) + 2 for i, k in
-                        enumerate(keys)]  # fmt: skip
+    if widths is None:  # two wider than the longest value
+        widths = [max(len(k), *(len(str(r[k])) for r in records)) + 2 for k in keys]
     rows = [title, "".join(f"{k:<{w}}" for k, w in zip(keys, widths, strict=True))]
     rows[1] += impl_columns(names)
     for values in dict.fromkeys(config(r) for r in records):
