@@ -23,15 +23,7 @@ from .._core.stats import METHODS, running_first_pass
 from . import _hlo, _targets
 from ._model import DONATED, MODEL_IMPLS, train_step
 from ._networks import NETWORKS, Network, resnet50_stage
-from ._peers import (
-    bnjax_equinox_peer,
-    bnjax_peer,
-    equinox_peer,
-    flax_linen_peer,
-    flax_nnx_peer,
-    haiku_peer,
-    keras_peer,
-)
+from ._peers import LAYER_PEERS
 from ._timing import DTYPES
 
 Lowered = Tuple[Any, Callable]  # (jax's Lowered program, finish(compiled) -> figures)
@@ -45,15 +37,6 @@ LAYER_MODES = ("fwd", "fwd+bwd")
 # pass reading x and dy for all four sums (Σx, Σx², Σdy, Σdy·x; y is never written), one
 # reading x and dy and writing dx.
 LAYER_FLOOR = {"fwd": 3, "fwd+bwd": 5}
-LAYER_PEERS: Dict[str, Callable] = {
-    "bnjax": bnjax_peer,
-    "flax.linen": flax_linen_peer,
-    "flax.nnx": flax_nnx_peer,
-    "haiku": haiku_peer,
-    "equinox": equinox_peer,
-    "bnjax.equinox": bnjax_equinox_peer,
-    "keras": keras_peer,
-}
 
 
 @dataclasses.dataclass(frozen=True)
