@@ -2,7 +2,7 @@
 
 from typing import Dict, List, Optional
 
-from ._compiled import COMMON_PATH
+from ._compiled import COMMON_PATH, LAYER_FLOOR
 from ._model_report import COLORS, ORDER
 from ._report import Panel, Style, Table, impls_in, number, plot_panels, tables
 
@@ -40,9 +40,10 @@ def _tables(specs, records: List[Dict], keys) -> List[str]:
 
 def _layer_tables(records: List[Dict]) -> List[str]:
     shape = "×".join(map(str, records[0]["shape"]))
+    floor = ", ".join(f"{mode} {passes}" for mode, passes in LAYER_FLOOR.items())
     specs = (
         Table(
-            f"layer, x {shape}: HBM bytes / |x| (floor: fwd 3, fwd+bwd 5)",
+            f"layer, x {shape}: HBM bytes / |x| (floor: {floor})",
             lambda r: f"{r['bytes_per_x']:.2f}",
         ),
         Table("layer: HBM bytes / flax.linen's", lambda r: number(r["bytes_vs_flax"], ".2f")),
