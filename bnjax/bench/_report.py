@@ -9,7 +9,7 @@ drawn by ``tables`` and ``plot_panels``.
 
 import dataclasses
 import statistics
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -17,7 +17,7 @@ RATIO_TICKS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 5, 7,
 MAX_RATIO_TICKS = 10  # labels at least 1/10 of the axis apart: 7-point labels never touch
 
 
-def impls_in(records: List[Dict], order: Sequence[str], others: bool = False) -> List[str]:
+def impls_in(records: List[Dict], order: Collection[str], others: bool = False) -> List[str]:
     """The implementations of ``records`` in ``order``; with ``others``, the rest sorted after."""
     present = {r["impl"] for r in records}
     return [n for n in order if n in present] + (sorted(present - set(order)) if others else [])
@@ -198,9 +198,9 @@ class Style:
     """
 
     bars: Mapping[str, Dict] = dataclasses.field(default_factory=dict)
-    ylabel_size: object = "medium"
-    title_size: object = "large"
-    group_size: object = 7
+    ylabel_size: Union[str, float] = "medium"  # matplotlib's own, as the title's
+    title_size: Union[str, float] = "large"
+    group_size: Union[str, float] = 7
     legend: bool = True
 
 

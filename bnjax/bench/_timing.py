@@ -3,7 +3,7 @@
 import random
 import statistics
 import time
-from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +15,7 @@ from ._modes import PASSES
 from ._progress import progress
 from ._registry import IMPLS
 
+Key = TypeVar("Key", bound=Hashable)  # what a timed call is known by
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 COPY = ("copy", "copy")  # the reference call, timed among the implementations' calls
 COPY_PASSES = 2  # x + 1 reads x and writes a new array of its size
@@ -69,9 +70,7 @@ def time_once(fn) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def interleaved_medians(
-    calls: Dict[Hashable, Callable], repeats: int, bar
-) -> Dict[Hashable, float]:
+def interleaved_medians(calls: Dict[Key, Callable], repeats: int, bar) -> Dict[Key, float]:
     """The median milliseconds of each call, timed in interleaved repetitions.
 
     Each repetition runs every call once, in a new random order (seeded, the
