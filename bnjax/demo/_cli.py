@@ -63,7 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(
         prog="python -m bnjax.demo",
-        description=sys.modules[__package__].__doc__,  # plain text, printed as written
+        description=sys.modules[__name__.rpartition(".")[0]].__doc__,  # the package's, as written
         epilog=f"The demo extra, for this copy of bnjax: {install_command('demo')}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
