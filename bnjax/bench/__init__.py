@@ -101,6 +101,7 @@ from typing import List
 
 import jax
 
+from . import _deps, _layer_report, _model, _modes, _registry, _targets
 from ._accelerators import run_accelerators as run_accelerators
 from ._accelerators_report import HEADER as ACCELERATORS_HEADER
 from ._accelerators_report import format_accelerator_tables as format_accelerator_tables
@@ -113,11 +114,13 @@ from ._compiled import common_path as common_path
 from ._compiled import layer_figures as layer_figures
 from ._compiled import scaleout_figures as scaleout_figures
 from ._compiled import step_figures as step_figures
-from ._deps import EXTRA_HINT, missing_message, missing_modules
 from ._json import strict as strict
 from ._json import write_json as write_json
+from ._layer_report import format_table as format_table
+from ._layer_report import plot_records as plot_records
+from ._layer_report import ratios as ratios
+from ._layer_report import summary as summary
 from ._model import FLOOR as FLOOR
-from ._model import IMAGE, OPTIMIZER
 from ._model import MODEL_IMPLS as MODEL_IMPLS
 from ._model import Step as Step
 from ._model import compile_step as compile_step
@@ -128,7 +131,6 @@ from ._model_report import format_model_table as format_model_table
 from ._model_report import model_summary as model_summary
 from ._model_report import plot_model_records as plot_model_records
 from ._modes import MODES as MODES
-from ._modes import PASSES
 from ._networks import NETWORKS as NETWORKS
 from ._networks import Network as Network
 from ._networks import plain as plain
@@ -142,21 +144,77 @@ from ._peers import flax_nnx_peer as flax_nnx_peer
 from ._peers import haiku_peer as haiku_peer
 from ._peers import keras_peer as keras_peer
 from ._registry import IMPLS as IMPLS
-from ._registry import INSTALL_HINT
 from ._registry import Impl as Impl
 from ._registry import load_impls as load_impls
-from ._report import format_table as format_table
-from ._report import plot_records as plot_records
-from ._report import plot_size
-from ._report import ratios as ratios
-from ._report import summary as summary
 from ._targets import TARGETS as TARGETS
 from ._targets import devices as accelerator_devices
-from ._targets import missing_compilers, prepare_environment
 from ._timing import COPY_METHOD
 from ._timing import DTYPES as DTYPES
 from ._timing import bandwidth_fractions as bandwidth_fractions
 from ._timing import run as run
+
+__all__ = [
+    # the command line and the layer benchmark
+    "main",
+    "run",
+    "bandwidth_fractions",
+    "COPY_METHOD",
+    "format_table",
+    "summary",
+    "ratios",
+    "plot_records",
+    "SHAPES_FULL",
+    "SHAPES_QUICK",
+    "DTYPES",
+    "MODES",
+    # the training-step benchmark
+    "run_model",
+    "compile_step",
+    "Step",
+    "Model",
+    "model_inputs",
+    "MODEL_IMPLS",
+    "FLOOR",
+    "NETWORKS",
+    "Network",
+    "resnet",
+    "plain",
+    "NETWORKS_QUICK",
+    "MODEL_BATCH",
+    "format_model_table",
+    "model_summary",
+    "plot_model_records",
+    # strict JSON
+    "write_json",
+    "strict",
+    # compiled for an accelerator
+    "layer_figures",
+    "step_figures",
+    "scaleout_figures",
+    "common_path",
+    "COMMON_PATH",
+    "run_accelerators",
+    "format_accelerator_tables",
+    "plot_accelerators",
+    "ACCELERATORS_HEADER",
+    "TARGETS",
+    "accelerator_devices",
+    "LAYER_SHAPE",
+    "LAYER_FLOOR",
+    "STEP_NETWORKS",
+    # the implementations
+    "IMPLS",
+    "Impl",
+    "load_impls",
+    "Peer",
+    "bnjax_peer",
+    "flax_linen_peer",
+    "flax_nnx_peer",
+    "haiku_peer",
+    "equinox_peer",
+    "bnjax_equinox_peer",
+    "keras_peer",
+]
 
 SHAPES_FULL = [(64, 56, 56, 64), (64, 28, 28, 128), (64, 14, 14, 256), (64, 7, 7, 512), (256, 4096)]
 SHAPES_QUICK = [(32, 28, 28, 64), (32, 7, 7, 256), (256, 2048)]
@@ -187,7 +245,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def plain_text(rst: str) -> str:
+def _plain_text(rst: str) -> str:
     """Plain text of reStructuredText for ``--help``: no double backquotes, ``::`` as ``:``."""
     return re.sub(r"``(.*?)``", r"\1", rst).replace("::\n", ":\n")
 
@@ -195,8 +253,8 @@ def plain_text(rst: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bnjax.bench",
-        description=plain_text((__doc__ or "").split("Usage::")[0]),
-        epilog=f"The bench extra, for this copy of bnjax: {EXTRA_HINT}",
+        description=_plain_text((__doc__ or "").split("Usage::")[0]),
+        epilog=f"The bench extra, for this copy of bnjax: {_deps.EXTRA_HINT}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="small shapes and few repetitions")
@@ -239,12 +297,14 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
         folder = os.path.dirname(os.path.abspath(path)) if path else None
         if folder and not os.path.isdir(folder):  # fail now, not after the whole run
             parser.error(f"{option}: the folder of {path!r} does not exist")
-    required = [IMPLS[n].module for n in args.impls or IMPLS if IMPLS[n].install == INSTALL_HINT]
+    required = [
+        IMPLS[n].module for n in args.impls or IMPLS if IMPLS[n].install == _registry.INSTALL_HINT
+    ]
     required += ["optax"] if not args.layers else []  # the training step's optimizer
-    missing = missing_modules(required + (["matplotlib"] if args.plot else []))
+    missing = _deps.missing_modules(required + (["matplotlib"] if args.plot else []))
     if missing:
-        parser.exit(2, missing_message(missing) + "\n")
-    compilers = missing_compilers(_targets_of(args))
+        parser.exit(2, _deps.missing_message(missing) + "\n")
+    compilers = _targets.missing_compilers(_targets_of(args))
     if compilers:
         needs = "; ".join(f"{t} needs its compiler: {hint}" for t, hint in compilers.items())
         parser.exit(2, f"python -m bnjax.bench --target: {needs}\n")
@@ -260,7 +320,7 @@ def _run_layers(args, names) -> dict:
         print(f"note: {note}")
     return {
         "copy_bandwidth_method": COPY_METHOD,
-        "passes": {mode: PASSES[mode] for mode in MODES},
+        "passes": {mode: _modes.PASSES[mode] for mode in MODES},
         "repeats": repeats,
         "records": [r for r in records if r["mode"] in MODES],
     }
@@ -271,7 +331,7 @@ def _run_model(args, names) -> dict:
     repeats = args.repeats or (5 if args.quick else 20)
     batch = args.batch or MODEL_BATCH
     print(
-        f"training step: batch {batch}, {'×'.join(map(str, IMAGE))}, {OPTIMIZER}; "
+        f"training step: batch {batch}, {'×'.join(map(str, _model.IMAGE))}, {_model.OPTIMIZER}; "
         f"{repeats} repetitions"
     )
     for network in networks:
@@ -282,8 +342,8 @@ def _run_model(args, names) -> dict:
         print(f"note: {note}")
     return {
         "batch": batch,
-        "image": list(IMAGE),
-        "optimizer": OPTIMIZER,
+        "image": list(_model.IMAGE),
+        "optimizer": _model.OPTIMIZER,
         "networks": {network: NETWORKS[network].description for network in networks},
         "repeats": repeats,
         "records": records,
@@ -336,7 +396,7 @@ def _run_accelerators(args, names) -> dict:
             }
             for n in networks
         },
-        "optimizer": OPTIMIZER,
+        "optimizer": _model.OPTIMIZER,
         **result,
         "notes": notes,
     }
@@ -357,8 +417,8 @@ def _plot(result: dict, path: str) -> None:
     from matplotlib.figure import Figure
 
     layers, model = result.get("records"), result.get("model", {}).get("records")
-    heights = ([plot_size(layers)[1]] if layers else []) + ([6.4] if model else [])
-    width = max([plot_size(layers)[0]] if layers else [6.0])
+    heights = ([_layer_report.plot_size(layers)[1]] if layers else []) + ([6.4] if model else [])
+    width = max([_layer_report.plot_size(layers)[0]] if layers else [6.0])
     figure = Figure(figsize=(width, sum(heights)), layout="constrained")
     panels = figure.subfigures(len(heights), 1, height_ratios=heights, squeeze=False)[:, 0]
     if layers:
@@ -374,7 +434,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     _check_args(parser, args)
     if args.target:
-        prepare_environment()  # before jax starts its backends
+        _targets.prepare_environment()  # before jax starts its backends
     default = [n for n in IMPLS if not (args.model and n not in MODEL_IMPLS)]  # no torch step
     default = [n for n in default if not (args.target and n == "torch")]  # not a JAX program
     names, versions, notes = load_impls(args.impls or default)

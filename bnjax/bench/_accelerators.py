@@ -26,7 +26,7 @@ from ._compiled import (
     lower_step,
     on_common_path,
 )
-from ._loading import error_text
+from ._loading import failure_notes, note_failure
 from ._model import FLOOR
 from ._progress import progress
 from ._targets import TARGETS
@@ -138,8 +138,7 @@ def _compile_all(cases: List[_Case], workers: int) -> Tuple[List, Dict]:
     results: List = [None] * len(cases)
 
     def fail(i, error):
-        key = (cases[i].fields["impl"], error_text(error))
-        failures.setdefault(key, []).append(_where(cases[i]))
+        note_failure(failures, cases[i].fields["impl"], error, _where(cases[i]))
 
     with progress(len(cases), "compiling") as bar, ThreadPoolExecutor(workers) as pool:
         pending = {}
@@ -159,13 +158,6 @@ def _compile_all(cases: List[_Case], workers: int) -> Tuple[List, Dict]:
                 fail(i, error)
             bar.update()
     return results, failures
-
-
-def _notes(failures: Dict) -> List[str]:
-    return [
-        f"{impl}: not compiled on {', '.join(where)}: {error}"
-        for (impl, error), where in failures.items()
-    ]
 
 
 def run_accelerators(
@@ -234,4 +226,4 @@ def run_accelerators(
         ("collective_count", "collective_bytes", "bytes", "temp", "seconds"),
     )
     kept = {"layer": bool(layer_shape), "step": bool(networks), "scaleout": scaleout}
-    return {k: v for k, v in records.items() if kept[k]}, _notes(failures)
+    return {k: v for k, v in records.items() if kept[k]}, failure_notes(failures, "not compiled on")

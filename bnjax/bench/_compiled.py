@@ -22,16 +22,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceShardin
 from .._core.stats import METHODS, running_first_pass
 from . import _hlo, _targets
 from ._model import DONATED, MODEL_IMPLS, train_step
+from ._modes import BACKWARD_PASSES, FORWARD_PASSES
 from ._networks import NETWORKS, Network, resnet50_stage
-from ._peers import (
-    bnjax_equinox_peer,
-    bnjax_peer,
-    equinox_peer,
-    flax_linen_peer,
-    flax_nnx_peer,
-    haiku_peer,
-    keras_peer,
-)
+from ._peers import LAYER_PEERS
 from ._timing import DTYPES
 
 Lowered = Tuple[Any, Callable]  # (jax's Lowered program, finish(compiled) -> figures)
@@ -41,19 +34,10 @@ COMMON_PATH = "bnjax, common path"
 LAYER_SHAPE = (64, 56, 56, 256)  # NHWC: a ResNet-50 conv2_x activation at batch 64
 LAYER_MODES = ("fwd", "fwd+bwd")
 # The bytes batch norm must move, in units of |x| (x's bytes). Forward: read x for the
-# statistics, read x and write y. Forward and backward in one program that returns dx: one
-# pass reading x and dy for all four sums (Σx, Σx², Σdy, Σdy·x; y is never written), one
-# reading x and dy and writing dx.
-LAYER_FLOOR = {"fwd": 3, "fwd+bwd": 5}
-LAYER_PEERS: Dict[str, Callable] = {
-    "bnjax": bnjax_peer,
-    "flax.linen": flax_linen_peer,
-    "flax.nnx": flax_nnx_peer,
-    "haiku": haiku_peer,
-    "equinox": equinox_peer,
-    "bnjax.equinox": bnjax_equinox_peer,
-    "keras": keras_peer,
-}
+# statistics, read x and write y. Forward and backward in one program that returns dx: the
+# backward's passes alone, one reading x and dy for all four sums (Σx, Σx², Σdy, Σdy·x; y is
+# never written), one reading x and dy and writing dx.
+LAYER_FLOOR = {"fwd": FORWARD_PASSES, "fwd+bwd": BACKWARD_PASSES}
 
 
 @dataclasses.dataclass(frozen=True)

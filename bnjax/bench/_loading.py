@@ -1,8 +1,11 @@
-"""Importing a peer, and saying why one cannot run."""
+"""Importing a peer, and saying why one cannot run (or did not run somewhere)."""
 
 import importlib
 import re
 import warnings
+from typing import Dict, List, Tuple
+
+Failures = Dict[Tuple[str, str], List[str]]  # (implementation, error text) -> where
 
 
 class PeerSkipped(Exception):
@@ -50,3 +53,23 @@ def error_text(error: Exception, limit: int = NOTE_CHARACTERS) -> str:
             kept = kept[: limit + 1].rsplit(" ", 1)[0].rstrip(",;:") + " …"
         text = kept
     return f"{type(error).__name__}: {text}"
+
+
+def note_failure(failures: Failures, name: str, error: Exception, where: str) -> None:
+    """Records that ``name`` raised ``error`` at ``where`` (one entry per name and error text)."""
+    failures.setdefault((name, error_text(error)), []).append(where)
+
+
+def failure_notes(failures: Failures, what: str) -> List[str]:
+    """A note per implementation and error: ``"{name}: {what} {where, ...}: {error}"``.
+
+    Examples:
+      >>> failures = {}
+      >>> for where in ("[8] float32", "[8] bfloat16"):
+      ...     note_failure(failures, "haiku", ValueError("no"), where)
+      >>> failure_notes(failures, "nothing recorded on")
+      ['haiku: nothing recorded on [8] float32, [8] bfloat16: ValueError: no']
+    """
+    return [
+        f"{name}: {what} {', '.join(where)}: {error}" for (name, error), where in failures.items()
+    ]

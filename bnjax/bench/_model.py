@@ -5,15 +5,13 @@ which gives its temporary memory, then timed in interleaved repetitions.
 """
 
 import dataclasses
-import random
-import statistics
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._loading import error_text
+from ._loading import failure_notes, note_failure
 from ._model_peers import (
     Model,
     bnjax_equinox_model,
@@ -27,7 +25,7 @@ from ._model_peers import (
 )
 from ._networks import CLASSES, NETWORKS
 from ._progress import progress
-from ._timing import DTYPES, time_once
+from ._timing import DTYPES, interleaved_medians
 
 FLOOR = "floor"  # the same network without normalization
 MODEL_IMPLS = {
@@ -145,17 +143,10 @@ def _run_config(network, dtype_name, batch, repeats, names, failures, bar) -> Li
             steps[name] = compile_step(model, x, labels)
             jax.block_until_ready(steps[name]())  # warm up
         except Exception as error:  # a peer that fails is noted, never fatal
-            failures.setdefault((name, error_text(error)), []).append(f"{network} {dtype_name}")
+            note_failure(failures, name, error, f"{network} {dtype_name}")
             steps.pop(name, None)
         bar.update()
-    times = {name: [] for name in steps}
-    order, rng = list(steps), random.Random(0)
-    for _ in range(repeats):  # interleaved repetitions, each in a new order
-        rng.shuffle(order)
-        for name in order:
-            times[name].append(time_once(steps[name]))
-        bar.update()
-    medians = {name: statistics.median(samples) for name, samples in times.items()}
+    medians = interleaved_medians(steps, repeats, bar)
     temp = {name: step.temp_bytes for name, step in steps.items()}
     return [
         {
@@ -197,8 +188,4 @@ def run_model(networks: Sequence[str], dtypes, batch: int, repeats: int, names: 
     with progress(total, "training step") as bar:
         for network, dtype_name in configs:
             records += _run_config(network, dtype_name, batch, repeats, names, failures, bar)
-    notes = [
-        f"{name}: no training step on {', '.join(configs)}: {error}"
-        for (name, error), configs in failures.items()
-    ]
-    return records, notes
+    return records, failure_notes(failures, "no training step on")

@@ -4,7 +4,7 @@ import dataclasses
 import functools
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Dict
 
 import jax
 import jax.numpy as jnp
@@ -172,3 +172,15 @@ def keras_peer(x: jax.Array) -> Peer:
         return layer.stateless_call(params, stats, x, training=train)[0]
 
     return Peer(forward, params)
+
+
+# Every JAX layer peer by its implementation's name: what is timed and what is compiled.
+LAYER_PEERS: Dict[str, Callable[[jax.Array], Peer]] = {
+    "bnjax": bnjax_peer,
+    "flax.linen": flax_linen_peer,
+    "flax.nnx": flax_nnx_peer,
+    "haiku": haiku_peer,
+    "equinox": equinox_peer,
+    "bnjax.equinox": bnjax_equinox_peer,
+    "keras": keras_peer,
+}

@@ -10,16 +10,7 @@ import jax
 from ._deps import EXTRA_HINT
 from ._jax_calls import jax_timed
 from ._loading import PeerSkipped, import_peer
-from ._peers import (
-    bnjax_equinox_peer,
-    bnjax_peer,
-    equinox_peer,
-    flax_linen_peer,
-    flax_nnx_peer,
-    haiku_peer,
-    import_keras,
-    keras_peer,
-)
+from ._peers import LAYER_PEERS, import_keras
 from ._torch import import_torch, torch_timed
 
 INSTALL_HINT = EXTRA_HINT
@@ -45,17 +36,18 @@ class Impl:
 
 
 IMPLS = {
-    "bnjax": Impl("bnjax", "bnjax", functools.partial(jax_timed, bnjax_peer)),
-    "flax.linen": Impl("flax.linen", "flax", functools.partial(jax_timed, flax_linen_peer)),
-    "flax.nnx": Impl("flax.nnx", "flax", functools.partial(jax_timed, flax_nnx_peer)),
-    "haiku": Impl("haiku", "dm-haiku", functools.partial(jax_timed, haiku_peer)),
-    "equinox": Impl("equinox", "equinox", functools.partial(jax_timed, equinox_peer)),
-    "bnjax.equinox": Impl(
-        "bnjax.equinox", "equinox", functools.partial(jax_timed, bnjax_equinox_peer)
-    ),
-    "keras": Impl("keras", "keras", functools.partial(jax_timed, keras_peer), import_keras),
-    "torch": Impl("torch", "torch", torch_timed, import_torch, "pip install torch"),
+    name: Impl(module, distribution, functools.partial(jax_timed, LAYER_PEERS[name]), load)
+    for name, module, distribution, load in (
+        ("bnjax", "bnjax", "bnjax", None),
+        ("flax.linen", "flax.linen", "flax", None),
+        ("flax.nnx", "flax.nnx", "flax", None),
+        ("haiku", "haiku", "dm-haiku", None),
+        ("equinox", "equinox", "equinox", None),
+        ("bnjax.equinox", "bnjax.equinox", "equinox", None),
+        ("keras", "keras", "keras", import_keras),
+    )
 }
+IMPLS["torch"] = Impl("torch", "torch", torch_timed, import_torch, "pip install torch")
 
 
 def load_impls(names: Sequence[str]) -> Tuple[List[str], Dict[str, str], List[str]]:

@@ -1,15 +1,116 @@
-"""The records as tables, a summary and a plot of the ratios peer / bnjax."""
+"""One report path for every benchmark: tables of records, summary lines and ratio bar plots.
 
+A table has a row per configuration (some fields of a record) and a column
+per implementation; a plot panel has a group of bars per configuration, a
+bar per implementation, from 1 on a log axis. The layer, training-step and
+accelerator reports are lists of ``Table`` and ``Panel`` specifications
+drawn by ``tables`` and ``plot_panels``.
+"""
+
+import dataclasses
 import statistics
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._modes import ALL_MODES, BACKWARD_PASSES, EVAL_PASSES, FORWARD_PASSES, MODES
-from ._registry import IMPLS
-
 RATIO_TICKS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 5, 7, 10, 20, 50)
 MAX_RATIO_TICKS = 10  # labels at least 1/10 of the axis apart: 7-point labels never touch
+
+
+def impls_in(records: List[Dict], order: Collection[str], others: bool = False) -> List[str]:
+    """The implementations of ``records`` in ``order``; with ``others``, the rest sorted after."""
+    present = {r["impl"] for r in records}
+    return [n for n in order if n in present] + (sorted(present - set(order)) if others else [])
+
+
+def number(value, spec: str) -> str:
+    """``value`` formatted with ``spec``, or ``-`` where it is None."""
+    return "-" if value is None else format(value, spec)
+
+
+def impl_columns(names, values=None) -> str:
+    """A table row's implementation columns, right-aligned: ``names`` themselves, or ``values``.
+
+    Each column is at least 11 characters and two wider than its implementation's
+    name, so that no name runs into its neighbour.
+    """
+    widths = [max(11, len(n) + 2) for n in names]
+    return "".join(
+        f"{v:>{w}}" for v, w in zip(names if values is None else values, widths, strict=True)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """One table of a report.
+
+    Attributes:
+      title: the line above it.
+      cell: a record's cell text.
+      without: implementations left out of its columns.
+      where: the records it shows; None: all. A table whose ``where`` keeps
+        no record is left out.
+    """
+
+    title: str
+    cell: Callable[[Dict], str]
+    without: Tuple[str, ...] = ()
+    where: Optional[Callable[[Dict], bool]] = None
+
+
+def tables(
+    specs: Sequence[Table],
+    records: List[Dict],
+    keys: Sequence[str],
+    names: Sequence[str],
+    widths: Optional[Sequence[int]] = None,
+    spaced: bool = False,
+) -> List[str]:
+    """The lines of each table in ``specs``: a row per configuration, a column per implementation.
+
+    Args:
+      specs: the tables.
+      records: the records, each with ``impl`` and the ``keys``.
+      keys: the fields whose values make a configuration, left columns.
+      names: the implementation columns, in order.
+      widths: the key columns' widths; None: two wider than the longest value.
+      spaced: an empty line before each table.
+
+    Returns:
+      The lines.
+    """
+    lines = []
+    for spec in specs:
+        shown = records if spec.where is None else [r for r in records if spec.where(r)]
+        if spec.where is not None and not shown:
+            continue
+        columns = [n for n in names if n not in spec.without]
+        lines += [""] * spaced + _grid(spec.title, shown, keys, columns, spec.cell, widths)
+    return lines
+
+
+def _grid(title, records, keys, names, cell, widths) -> List[str]:
+    def config(r):
+        return tuple(str(r[k]) for k in keys)
+
+    by_key = {(config(r), r["impl"]): r for r in records}
+    if widths is None:  # two wider than the longest value
+        widths = [max(len(k), *(len(str(r[k])) for r in records)) + 2 for k in keys]
+    rows = [title, "".join(f"{k:<{w}}" for k, w in zip(keys, widths, strict=True))]
+    rows[1] += impl_columns(names)
+    for values in dict.fromkeys(config(r) for r in records):
+        cells = [by_key.get((values, n)) for n in names]
+        label = "".join(f"{v:<{w}}" for v, w in zip(values, widths, strict=True))
+        rows.append(label + impl_columns(names, [cell(r) if r else "-" for r in cells]))
+    return rows
+
+
+def median_line(what: str, values: Sequence[float]) -> List[str]:
+    """A summary line: the median of ``values``, with their min and max; none without values."""
+    if not values:
+        return []
+    median = statistics.median(values)
+    return [f"{what}: {median:.2f} (min {min(values):.2f}, max {max(values):.2f})"]
 
 
 def ratio_ticks(low: float, high: float, count: int = MAX_RATIO_TICKS) -> List[float]:
@@ -64,145 +165,71 @@ def ratio_axis(ax) -> None:
     ax.tick_params(axis="y", labelsize=7)
 
 
-def record_config(record: Dict) -> Tuple[str, str, str]:
-    """A record's configuration: (shape, dtype, mode)."""
-    return str(record["shape"]), record["dtype"], record["mode"]
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    """One plot panel: grouped bars of ratios from 1 on a log axis.
 
-
-def ratios(records: List[Dict]) -> Dict[Tuple[str, str, str], Dict[str, float]]:
-    """Peer median / bnjax median per (shape, dtype, mode), for configurations bnjax ran."""
-    reference = {record_config(r): r["median_ms"] for r in records if r["impl"] == "bnjax"}
-    table = {}
-    for r in records:
-        if record_config(r) in reference:
-            table.setdefault(record_config(r), {})[r["impl"]] = (
-                r["median_ms"] / reference[record_config(r)]
-            )
-    return table
-
-
-def _impls_in(records: List[Dict]) -> List[str]:
-    present = {r["impl"] for r in records}
-    return [name for name in IMPLS if name in present]
-
-
-def impl_columns(names, values=None) -> str:
-    """A table row's implementation columns, right-aligned: ``names`` themselves, or ``values``.
-
-    Each column is at least 11 characters and two wider than its implementation's
-    name, so that no name runs into its neighbour.
+    Attributes:
+      groups: the configurations, a group of bars each (labelled by their
+        values, one per line).
+      names: the implementations, a bar each in every group.
+      value: ``value(group, name)``: the ratio, or None where there is none.
+      ylabel: the y axis's label.
+      title: the panel's title.
     """
-    widths = [max(11, len(n) + 2) for n in names]
-    return "".join(
-        f"{v:>{w}}" for v, w in zip(names if values is None else values, widths, strict=True)
-    )
+
+    groups: Sequence[Tuple]
+    names: Sequence[str]
+    value: Callable[[Tuple, str], Optional[float]]
+    ylabel: str
+    title: str
 
 
-def _grid(title: str, records: List[Dict], names, cell: Callable, modes) -> List[str]:
-    """One table: a row per (shape, dtype, mode), a column per implementation."""
-    by_key = {(record_config(r), r["impl"]): r for r in records}
-    rows = [title, f"{'shape':<20}{'dtype':<10}{'mode':<17}" + impl_columns(names)]
-    configs = [c for c in dict.fromkeys(record_config(r) for r in records) if c[2] in modes]
-    for config in configs:
-        cells = [by_key.get((config, n)) for n in names]
-        values = impl_columns(names, [cell(r) if r else "-" for r in cells])
-        rows.append(f"{config[0]:<20}{config[1]:<10}{config[2]:<17}{values}")
-    return rows
+@dataclasses.dataclass(frozen=True)
+class Style:
+    """How a report draws its panels.
+
+    Attributes:
+      bars: an implementation's ``ax.bar`` keywords (colour, hatch); none:
+        matplotlib's colour cycle.
+      ylabel_size, title_size, group_size: font sizes of the y label, the
+        title and the group labels.
+      legend: a legend beside each panel; otherwise the report draws its own.
+    """
+
+    bars: Mapping[str, Dict] = dataclasses.field(default_factory=dict)
+    ylabel_size: Union[str, float] = "medium"  # matplotlib's own, as the title's
+    title_size: Union[str, float] = "large"
+    group_size: Union[str, float] = 7
+    legend: bool = True
 
 
-def format_table(records: List[Dict]) -> str:
-    """Medians, ratios to bnjax, bandwidth fractions, saved bytes, and a summary."""
-    names = _impls_in(records)
-    peers = [n for n in names if n != "bnjax"]
-    table = ratios(records)
-    lines = _grid("median ms", records, names, lambda r: f"{r['median_ms']:.3f}", ALL_MODES)
-    lines += _grid(
-        "ratio peer / bnjax (> 1: bnjax faster)",
-        records,
-        peers,
-        lambda r: f"{table.get(record_config(r), {}).get(r['impl'], float('nan')):.2f}",
-        ALL_MODES,
-    )
-    lines += _grid(
-        f"fraction of copy bandwidth on the same x ({FORWARD_PASSES} passes of x fwd, "
-        f"{EVAL_PASSES} eval, {FORWARD_PASSES + BACKWARD_PASSES} fwd+bwd; 100%: the copy's "
-        "rate, or a faster implementation's)",
-        records,
-        names,
-        lambda r: "-" if r.get("bandwidth_fraction") is None else f"{r['bandwidth_fraction']:.0%}",
-        ALL_MODES,
-    )
-    lines += _grid(
-        "saved for the backward beyond x, fraction of x's bytes",
-        records,
-        names,
-        lambda r: "-" if r.get("saved_bytes_ratio") is None else f"{r['saved_bytes_ratio']:.1%}",
-        ("fwd+bwd",),
-    )
-    return "\n".join(lines + summary(records))
-
-
-def summary(records: List[Dict]) -> List[str]:
-    """Per peer and mode: the median ratio peer / bnjax over shapes and dtypes, min and max."""
-    table = ratios(records)
-    lines = []
-    for peer in (n for n in _impls_in(records) if n != "bnjax"):
-        for mode in ALL_MODES:
-            values = [v[peer] for c, v in table.items() if c[2] == mode and peer in v]
-            if values:
-                lines.append(
-                    f"median {peer}/bnjax ratio, {mode}: {statistics.median(values):.2f} "
-                    f"(min {min(values):.2f}, max {max(values):.2f})"
-                )
-    return lines
-
-
-def plot_size(records: List[Dict]) -> Tuple[float, float]:
-    """The (width, height) in inches of ``plot_records``'s figure."""
-    groups = {(str(r["shape"]), r["dtype"]) for r in records}
-    modes = {r["mode"] for r in records if r["mode"] in MODES}
-    return max(6.0, 1.1 * len(groups)), 3.2 * len(modes)
-
-
-def plot_records(records: List[Dict], path: Optional[str] = None, figure=None):
-    """Grouped bars of peer time / bnjax time per shape and dtype, one panel per mode.
-
-    Bars start at 1 on a log axis: up where bnjax is faster, down where the
-    peer is. Works on the ``"records"`` of a ``--json`` file; imports
-    matplotlib lazily and uses no pyplot state, so it runs headless.
-
-    Args:
-      records: benchmark records (``impl``, ``shape``, ``dtype``, ``mode``,
-        ``median_ms``).
-      path: if given, the PNG is written there.
-      figure: a matplotlib ``Figure`` (or ``SubFigure``) to draw into; a new
-        one if None.
+def plot_panels(panels: Sequence[Panel], style: Style, figure, path: Optional[str] = None):
+    """Draws ``panels`` one above the other into ``figure``; writes a PNG at ``path`` if given.
 
     Returns:
-      The figure drawn into.
+      The panels' axes.
     """
-    from matplotlib.figure import Figure
-
-    table = ratios(records)
-    peers = [n for n in _impls_in(records) if n != "bnjax"]
-    groups = list(dict.fromkeys((str(r["shape"]), r["dtype"]) for r in records))
-    modes = [m for m in MODES if any(c[2] == m for c in table)]
-    if figure is None:
-        figure = Figure(figsize=plot_size(records), layout="constrained")
-    axes = figure.subplots(len(modes), 1, squeeze=False)[:, 0]
-    width = 0.8 / max(len(peers), 1)
-    for ax, mode in zip(axes, modes, strict=True):
-        for i, peer in enumerate(peers):
-            values = np.array([table.get((s, d, mode), {}).get(peer, np.nan) for s, d in groups])
-            offset = (i - (len(peers) - 1) / 2) * width
-            ax.bar(np.arange(len(groups)) + offset, values - 1, width, bottom=1, label=peer)
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        ratio_axis(ax)
-        ax.set_ylabel("peer time / bnjax time")
-        ax.set_title(f"{mode} (> 1: bnjax faster)")
-        ax.set_xticks(np.arange(len(groups)), [f"{s}\n{d}" for s, d in groups], fontsize=7)
-    handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside upper center", ncols=len(peers), fontsize=7)
+    axes = figure.subplots(max(len(panels), 1), 1, squeeze=False)[:, 0]
+    for ax, panel in zip(axes, panels, strict=False):
+        _bars(ax, panel, style)
     if path:
         figure.savefig(path, dpi=120)
-    return figure
+    return axes
+
+
+def _bars(ax, panel: Panel, style: Style) -> None:
+    groups, names = panel.groups, panel.names
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        values = np.array([np.nan if (v := panel.value(g, name)) is None else v for g in groups])
+        x = np.arange(len(groups)) + (i - (len(names) - 1) / 2) * width
+        ax.bar(x, values - 1, width, bottom=1, label=name, **style.bars.get(name, {}))
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ratio_axis(ax)
+    ax.set_ylabel(panel.ylabel, fontsize=style.ylabel_size)
+    ax.set_title(panel.title, fontsize=style.title_size)
+    labels = ["\n".join(map(str, g)) for g in groups]
+    ax.set_xticks(np.arange(len(groups)), labels, fontsize=style.group_size)
+    if style.legend:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))

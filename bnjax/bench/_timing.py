@@ -1,20 +1,21 @@
-"""Timing: every implementation, and a copy of the same x, on every configuration."""
+"""Timing: the one timing loop, and the layer benchmark timed with it (and a copy of the same x)."""
 
 import random
 import statistics
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._loading import error_text
+from ._layer_report import ratios, record_config
+from ._loading import failure_notes, note_failure
 from ._modes import PASSES
 from ._progress import progress
 from ._registry import IMPLS
-from ._report import ratios, record_config
 
+Key = TypeVar("Key", bound=Hashable)  # what a timed call is known by
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 COPY = ("copy", "copy")  # the reference call, timed among the implementations' calls
 COPY_PASSES = 2  # x + 1 reads x and writes a new array of its size
@@ -69,6 +70,31 @@ def time_once(fn) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def interleaved_medians(calls: Dict[Key, Callable], repeats: int, bar) -> Dict[Key, float]:
+    """The median milliseconds of each call, timed in interleaved repetitions.
+
+    Each repetition runs every call once, in a new random order (seeded, the
+    same from run to run): what ran just before a call, and what it left in
+    cache, varies.
+
+    Args:
+      calls: what to time, by key; each returns arrays to wait for.
+      repeats: the repetitions.
+      bar: a progress bar, updated once a repetition.
+
+    Returns:
+      ``key -> median milliseconds``, in the order of ``calls``.
+    """
+    times = {key: [] for key in calls}
+    order, rng = list(calls), random.Random(0)
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for key in order:
+            times[key].append(time_once(calls[key]))
+        bar.update()
+    return {key: statistics.median(samples) for key, samples in times.items()}
+
+
 def _inputs(shape, dtype_name: str) -> Tuple[jax.Array, jax.Array]:
     """The input (mean 3, std 2) and a standard normal cotangent, in ``dtype_name``.
 
@@ -92,9 +118,7 @@ def _warm_calls(name: str, shape, dtype_name: str, x, cotangent, failures: Dict)
     """
 
     def note(error, where):
-        failures.setdefault((name, error_text(error)), []).append(
-            f"{list(shape)} {dtype_name}{where}"
-        )
+        note_failure(failures, name, error, f"{list(shape)} {dtype_name}{where}")
 
     try:
         calls, saved = IMPLS[name].timed(x, cotangent)
@@ -123,15 +147,8 @@ def _run_config(shape, dtype_name, repeats, names, failures, notes, bar) -> List
     copy = jax.jit(lambda x: x + 1)
     jax.block_until_ready(copy(x))  # compile and warm up
     calls[COPY] = lambda: copy(x)
-    times = {key: [] for key in calls}
-    order, rng = list(calls), random.Random(0)
-    for _ in range(repeats):  # interleaved repetitions, each in a new order
-        rng.shuffle(order)  # what ran just before (and what it left in cache) varies
-        for key in order:
-            times[key].append(time_once(calls[key]))
-        bar.update()
-    copy_ms = statistics.median(times.pop(COPY))
-    medians = {key: statistics.median(samples) for key, samples in times.items()}
+    medians = interleaved_medians(calls, repeats, bar)
+    copy_ms = medians.pop(COPY)
     fractions, reference, faster = bandwidth_fractions(medians, copy_ms, x.nbytes)
     copy_gbps = COPY_PASSES * x.nbytes / (copy_ms / 1e3) / 1e9
     if faster is not None:
@@ -180,8 +197,4 @@ def run(shapes, dtypes, repeats: int, names: Sequence[str]):
     table = ratios(records)
     for record in records:
         record["ratio_vs_bnjax"] = table.get(record_config(record), {}).get(record["impl"])
-    notes = [
-        f"{name}: nothing recorded on {', '.join(configs)}: {error}"
-        for (name, error), configs in failures.items()
-    ]
-    return records, notes + bandwidth_notes
+    return records, failure_notes(failures, "nothing recorded on") + bandwidth_notes

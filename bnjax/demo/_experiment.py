@@ -9,7 +9,7 @@ of the last hidden layer (Fig. 1b, c). The whole run between two records is one
 compiled ``lax.scan``.
 """
 
-from typing import Any, Dict, NamedTuple, Tuple, cast
+from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
 import flax.linen as nn
 import jax
@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ..linen import BatchNorm
 from ._data import Dataset
 
+RUNS = {"baseline": False, "bn": True}  # results.json key → batch_norm
 ACTIVATIONS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "tanh": nn.tanh}
 PERCENTILES = (15, 50, 85)
 
@@ -223,3 +224,31 @@ def run_experiment(config: ExperimentConfig, data: Dataset, *, progress: bool = 
     bar.close()
     result["percentiles"] = percentiles
     return result
+
+
+def figure1(
+    data: Dataset, config: Optional[ExperimentConfig] = None, *, progress: bool = True
+) -> Dict[str, Dict]:
+    """Runs ``config`` without and with batch norm (same initialization and batches).
+
+    Args:
+      data: the train/test split.
+      config: settings shared by both runs (default: the paper's); its
+        ``batch_norm`` is overridden.
+      progress: show tqdm progress bars.
+
+    Returns:
+      ``{"baseline": result, "bn": result}`` with results of :func:`run_experiment`.
+
+    Examples:
+      >>> from bnjax.demo import load_digits
+      >>> config = ExperimentConfig(steps=10, num_records=1, hidden=(8,))
+      >>> results = figure1(load_digits(), config, progress=False)
+      >>> sorted(results), results["bn"]["step"]
+      (['baseline', 'bn'], [0, 10])
+    """
+    config = config or ExperimentConfig()
+    return {
+        name: run_experiment(config._replace(batch_norm=bn), data, progress=progress)
+        for name, bn in RUNS.items()
+    }
