@@ -112,6 +112,25 @@ def resolve_use_running_average(
     return bool(attribute if argument is None else argument)
 
 
+def start_call(
+    module, x: ArrayLike, use_running_average: Optional[bool], *, call_overrides: bool
+) -> Tuple[bool, validate.Layout]:
+    """What a linen or NNX call first works out: whether it trains, and x's layout.
+
+    Checks the module's dtypes, merges the constructor's and the call's
+    ``use_running_average`` (see ``resolve_use_running_average``) and lays x
+    out once, for the variables and for the core.
+
+    Returns:
+      ``(train, layout)``.
+    """
+    check_dtypes(module.dtype, module.param_dtype)
+    train = not resolve_use_running_average(
+        module.use_running_average, use_running_average, call_overrides=call_overrides
+    )
+    return train, layout_of(x, module.axis, train)
+
+
 def layout_of(x, axis, train: bool) -> validate.Layout:
     """The feature and reduced axes of x, worked out once per call and handed to the core.
 

@@ -10,10 +10,8 @@ from jax.typing import ArrayLike
 
 from ._frontend import (
     call_core,
-    check_dtypes,
     core_options,
-    layout_of,
-    resolve_use_running_average,
+    start_call,
 )
 from ._tools.population import COLLECTION, population_requested
 from ._tools.population import recompute_population_stats as recompute_population_stats
@@ -117,11 +115,7 @@ class BatchNorm(nn.Module):
         Returns:
           The normalized input.
         """
-        check_dtypes(self.dtype, self.param_dtype)
-        train = not resolve_use_running_average(
-            self.use_running_average, use_running_average, call_overrides=False
-        )
-        layout = layout_of(x, self.axis, train)  # once: for the variables and for the core
+        train, layout = start_call(self, x, use_running_average, call_overrides=False)
         feature_shape = layout.feature_shape
         initializing = self.is_initializing()
         updating = train and not initializing

@@ -15,10 +15,9 @@ from ._frontend import (
     call_core,
     check_dtypes,
     core_options,
-    layout_of,
     output_dtype,
     promote_like_flax_nnx,
-    resolve_use_running_average,
+    start_call,
 )
 from ._tools.population import check_contributions, iterate_batches
 
@@ -166,11 +165,7 @@ class BatchNorm(nnx.Module):
         Returns:
           The normalized input.
         """
-        check_dtypes(self.dtype, self.param_dtype)
-        train = not resolve_use_running_average(
-            self.use_running_average, use_running_average, call_overrides=True
-        )
-        layout = layout_of(x, self.axis, train)  # once, for the core
+        train, layout = start_call(self, x, use_running_average, call_overrides=True)
         # recompute_population_stats marks its copy of the model with this counter.
         population = train and vars(self).get("population_calls") is not None
         if train and self.momentum is None and self.count is None and not population:
