@@ -97,3 +97,25 @@ def test_gradients_of_the_members_are_those_of_the_whole_batch():
     # The derivative rule is the one tests/test_differentiation.py checks to second order;
     # under vmap only the statistics, which the rule does not differentiate, run differently.
     check_grads(loss_members, (x[:4],), order=1, modes=("fwd", "rev"), atol=5e-2, rtol=5e-2)
+
+
+def _dense_members(x, valid):
+    """Members of one element per feature (an Equinox Linear's activations), one masked out."""
+
+    def one(v, keep):
+        return bnjax.batch_norm(v, PARAMS, STATE, True, axis=0, mask=keep, axis_name="b")[0]
+
+    return jax.vmap(one, axis_name="b")(x, valid)
+
+
+def test_dense_members_keep_per_feature_residuals_and_exact_statistics():
+    x = np.random.default_rng(4).normal(1e4, 2.0, (16, C)).astype(np.float32)
+    x[0] += 1e3  # an outlier first: the members' shared shift lands far from their mean
+    x[3] = np.nan  # padding
+    valid = np.arange(16) != 3
+    y, pullback = jax.vjp(lambda x: _dense_members(x, valid), x)
+    full_size = [leaf for leaf in jax.tree.leaves(pullback) if np.size(leaf) >= x.size]
+    assert len(full_size) == 1  # x itself: the shift and the offsets stay per feature
+    _, mean, var = batch_stats(x[valid])
+    y_ref = normalize(x[valid], mean, var, 1.0, 0.0, 1e-5)
+    np.testing.assert_allclose(np.asarray(y)[valid], y_ref, atol=1e-3, rtol=1e-3)

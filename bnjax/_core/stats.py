@@ -551,6 +551,8 @@ def _members_at_once(reduce_axes: Tuple[int, ...], method: Optional[str]):
             members = jax.vmap(lambda x, mask, hint: each(x, mask, hint=hint), in_axes=axes)
             return members(x, mask, hint)
 
+        if not reduce_axes:  # members without a batch axis: one shift for all of them
+            return _single_elements(lead(x, in_batched[0]), lead(mask, in_batched[1]))
         if method is None:
             out = lax.platform_dependent(x, mask, hint, tpu=one_by_one, default=at_once)
         else:
@@ -558,6 +560,30 @@ def _members_at_once(reduce_axes: Tuple[int, ...], method: Optional[str]):
         return out, jax.tree.map(lambda _: True, out)
 
     return moments
+
+
+def _single_elements(x: jax.Array, mask: Optional[jax.Array]):
+    """Members of one element per feature (dense examples under ``vmap``), their moments.
+
+    Each member is its own mean with M2 = 0; its moments are taken relative to
+    one shift for all of them, the mean of the first members (``_shift`` with
+    the members' axis as the batch axis), so that the shift and what the
+    combination derives from it stay per feature, unmapped, instead of one
+    full-size copy of x each (which the backward would keep).
+
+    Returns:
+      ``(LocalMoments, out_batched)`` for ``custom_vmap``: the shift and M2
+      unmapped, the offsets mapped, the counts mapped where the mask is.
+    """
+    acc = accumulation_dtype(x.dtype)
+    shift = _shift(x, mask, (0,), acc)[0]
+    ones = jnp.ones(x.shape[1:], acc)
+    count = ones if mask is None else jnp.broadcast_to(mask, x.shape).astype(acc)
+    offset = x.astype(acc) - shift
+    if mask is not None:  # an empty member's value may be anything (NaN padding)
+        offset = jnp.where(count > 0, offset, jnp.zeros((), acc))
+    moments = LocalMoments(count, shift, offset, jnp.zeros_like(ones))
+    return moments, LocalMoments(mask is not None, False, True, False)
 
 
 def _device_moments(x, mask, reduce_axes, method, hint=None) -> LocalMoments:
