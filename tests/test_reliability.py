@@ -198,3 +198,30 @@ def test_nnx_module_names_x_too():
 
     with pytest.raises(TypeError, match=r"x must be an array, got NoneType"):
         bnjax.nnx.BatchNorm(2, rngs=nnx.Rngs(0))(None)
+
+
+@pytest.mark.parametrize("layout", ["rows", "examples under vmap"])
+def test_nan_padding_under_a_mask_leaves_the_valid_gradients_finite_and_exact(layout):
+    x = random_array((8, 3), seed=31, loc=5.0)
+    valid = np.arange(8) != 2
+    padded = x.copy()
+    padded[2] = np.nan  # padding that holds garbage; the mask leaves it out
+    cotangent = np.where(valid[:, None], random_array((8, 3), seed=32), 0.0).astype(np.float32)
+    params, state = random_params(3)
+
+    def normalize(x, keep):
+        if layout == "rows":
+            return bnjax.batch_norm(x, params, state, True, mask=keep[:, None])[0]
+
+        def one(v, k):
+            return bnjax.batch_norm(v, params, state, True, axis=0, mask=k, axis_name="b")
+
+        return jax.vmap(one, axis_name="b")(x, keep)[0]
+
+    def loss(x, keep):
+        return jnp.sum(normalize(x, keep) * cotangent)
+
+    grad = jax.grad(loss)(padded, valid)
+    expected = jax.grad(lambda x: jnp.sum(bnjax.batch_norm(x, params, state, True)[0]
+                                          * cotangent[valid]))(x[valid])  # fmt: skip
+    np.testing.assert_allclose(np.asarray(grad)[valid], expected, atol=1e-5, rtol=1e-4)

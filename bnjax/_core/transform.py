@@ -251,13 +251,26 @@ def _train_tangent(
     rounding = moments.offset - (moments.mean - moments.shift)  # μ − μ̃, exact
     dy = (
         weight.astype(dtype) * dx
-        + _product(x, moments.mean, offsets[1])
+        + _product(_finite_where_masked_out(x, mask), moments.mean, offsets[1])
         + (offsets[0] - rounding * offsets[1])
     )
     # shift and offset are per device (typed so under shard_map); so are their tangents.
     zero_shift = _per_device(jnp.zeros_like(moments.shift), x, reduction.axis_name)
     doffset = _per_device(dmean, x, reduction.axis_name)
     return dy, Moments(jnp.zeros_like(moments.count), dmean, 2 * half_dvar, zero_shift, doffset)
+
+
+def _finite_where_masked_out(x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+    """x, with 0 at masked-out positions that are not finite (padding filled with NaN).
+
+    Their outputs are not finite whatever the tangent; without this, the
+    transpose multiplies their cotangent (0 where a loss ignores padding) by
+    x − μ̃ = NaN and every valid element's gradient becomes NaN. Finite
+    masked-out positions keep their exact tangent. Without a mask, x itself.
+    """
+    if mask is None:
+        return x
+    return jnp.where(mask | jnp.isfinite(x), x, jnp.zeros((), x.dtype))
 
 
 def _per_device(values: jax.Array, x: jax.Array, axis_name) -> jax.Array:
