@@ -552,7 +552,8 @@ def _members_at_once(reduce_axes: Tuple[int, ...], method: Optional[str]):
             return members(x, mask, hint)
 
         if not reduce_axes:  # members without a batch axis: one shift for all of them
-            return _single_elements(lead(x, in_batched[0]), lead(mask, in_batched[1]))
+            members = (axis_size,) + (x.shape[1:] if in_batched[0] else x.shape)
+            return _single_elements(jnp.broadcast_to(lead(x, in_batched[0]), members), mask)
         if method is None:
             out = lax.platform_dependent(x, mask, hint, tpu=one_by_one, default=at_once)
         else:
@@ -576,9 +577,11 @@ def _single_elements(x: jax.Array, mask: Optional[jax.Array]):
       unmapped, the offsets mapped, the counts mapped where the mask is.
     """
     acc = accumulation_dtype(x.dtype)
+    if mask is not None:  # of every member, mapped or not
+        mask = jnp.broadcast_to(mask, x.shape)
     shift = _shift(x, mask, (0,), acc)[0]
     ones = jnp.ones(x.shape[1:], acc)
-    count = ones if mask is None else jnp.broadcast_to(mask, x.shape).astype(acc)
+    count = ones if mask is None else mask.astype(acc)
     offset = x.astype(acc) - shift
     if mask is not None:  # an empty member's value may be anything (NaN padding)
         offset = jnp.where(count > 0, offset, jnp.zeros((), acc))
