@@ -522,6 +522,8 @@ def _members_at_once(reduce_axes: Tuple[int, ...], method: Optional[str]):
     and at most one second pass (``lax.cond``) for all of them, instead of a
     predicate per member, which ``vmap`` would turn into computing both
     branches for every member. Nested ``vmap``s keep adding kept axes.
+    Members without a batch axis (dense examples) share one shift
+    (``_single_elements``).
 
     Where the method is chosen when the program is lowered, XLA:TPU keeps the
     members one by one (``vmap``'s own batching): its conditional would take
