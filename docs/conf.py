@@ -52,6 +52,9 @@ extensions = [
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md"]
 suppress_warnings = []
 nitpicky = True
+# jax.typing.ArrayLike, the type of the public inputs, expands in signatures to a union whose
+# NumPy scalar members NumPy's inventory does not list as classes.
+nitpick_ignore = [("py:class", "numpy.bool"), ("py:class", "numpy.number")]
 
 # API reference: Google-style docstrings, type hints in the descriptions.
 napoleon_google_docstring = True

@@ -554,8 +554,10 @@ def _members_at_once(reduce_axes: Tuple[int, ...], method: Optional[str]):
             return members(x, mask, hint)
 
         if not reduce_axes:  # members without a batch axis: one shift for all of them
-            members = (axis_size,) + (x.shape[1:] if in_batched[0] else x.shape)
-            return _single_elements(jnp.broadcast_to(lead(x, in_batched[0]), members), mask)
+            mapped = in_batched[0]
+            members = (axis_size,) + (x.shape[1:] if mapped else x.shape)
+            x = jnp.broadcast_to(x if mapped else jnp.expand_dims(x, 0), members)
+            return _single_elements(x, mask)
         if method is None:
             out = lax.platform_dependent(x, mask, hint, tpu=one_by_one, default=at_once)
         else:
@@ -588,7 +590,8 @@ def _single_elements(x: jax.Array, mask: Optional[jax.Array]):
     if mask is not None:  # an empty member's value may be anything (NaN padding)
         offset = jnp.where(count > 0, offset, jnp.zeros((), acc))
     moments = LocalMoments(count, shift, offset, jnp.zeros_like(ones))
-    return moments, LocalMoments(mask is not None, False, True, False)
+    batched = LocalMoments._make((mask is not None, False, True, False))  # flags, not arrays
+    return moments, batched
 
 
 def _device_moments(x, mask, reduce_axes, method, hint=None) -> LocalMoments:
