@@ -4,9 +4,9 @@
 and Equinox modules keep their attributes. Each builds one ``Options``, by
 keyword, and the core reads it. A new option is added in three places: the
 public signatures (with the keyword each passes on), a field here and the code
-that uses it; ``tests/test_options.py`` fails while any of them lags. Everything about the options
-that can be checked without the input is checked here, once, in training and
-in evaluation alike.
+that uses it; ``tests/test_options.py`` fails while any of them lags.
+Everything about the options that can be checked without the input is checked
+here, once, in training and in evaluation alike.
 """
 
 import dataclasses

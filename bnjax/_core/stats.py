@@ -548,10 +548,11 @@ def _members_at_once(reduce_axes: Tuple[int, ...], method: Optional[str]):
             return jax.tree.map(lambda v: jnp.broadcast_to(v, (axis_size,) + v.shape[1:]), out)
 
         def one_by_one(x, mask, hint):
+            def each(x, mask, hint):
+                return _device_moments(x, mask, reduce_axes, method, hint)
+
             axes = tuple(0 if batched else None for batched in in_batched)
-            each = functools.partial(_device_moments, reduce_axes=reduce_axes, method=method)
-            members = jax.vmap(lambda x, mask, hint: each(x, mask, hint=hint), in_axes=axes)
-            return members(x, mask, hint)
+            return jax.vmap(each, in_axes=axes)(x, mask, hint)
 
         if not reduce_axes:  # members without a batch axis: one shift for all of them
             mapped = in_batched[0]
